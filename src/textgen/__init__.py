@@ -1,0 +1,1 @@
+"""Text-generation server parts: settings, schemas, auth, batching engine, metrics."""

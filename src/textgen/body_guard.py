@@ -1,0 +1,80 @@
+"""Reads request bodies up to a size cap (413 past it) and refuses malformed JSON with a 400.
+
+BentoML reads any body whole, however large, and answers malformed JSON with a 500.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_response
+
+BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _is_json(content_type: str | None) -> bool:
+    return content_type is None or content_type.split(";")[0].strip().lower() in ("application/json", "")
+
+
+class RequestBodyGuard:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        too_large = error_response(
+            413, "payload_too_large", f"request body is larger than the limit of {self.max_bytes} bytes"
+        )
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+
+        if body and _is_json(_header(scope, b"content-type")):
+            try:
+                json.loads(body)
+            except ValueError as exc:
+                reason = exc.args[0] if isinstance(exc, json.JSONDecodeError) else "body is not valid UTF-8"
+                await error_response(400, "invalid_json", f"request body is not valid JSON: {reason}")(
+                    scope, receive, send
+                )
+                return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

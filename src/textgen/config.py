@@ -1,0 +1,77 @@
+"""Service settings, read from environment variables (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_OPEN_PATHS = ("/health", "/livez", "/readyz", "/healthz", "/metrics")
+
+
+def _split_csv(value: object) -> object:
+    """`A,B,C` in an environment variable becomes a list (JSON lists are accepted too)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Model
+    model_tag: str = Field("distilgpt2:latest", description="BentoML model store tag to serve.")
+    model_device: Literal["auto", "cpu", "cuda"] = "auto"
+    model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
+
+    # Auth
+    api_key: SecretStr | None = None
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = Field(None, description="One key per line; re-read when the file changes.")
+    auth_disabled: bool = False
+    auth_open_paths: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_OPEN_PATHS))
+
+    # Admission and batching
+    max_concurrency: int = Field(5, ge=1, description="Generations admitted to the model at once.")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more get 429.")
+    queue_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a slot before 503.")
+    max_batch_size: int | None = Field(None, ge=1, description="Rows per forward pass (default: max_concurrency).")
+
+    # HTTP
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
+    default_max_new_tokens: int = Field(64, ge=1)
+
+    @field_validator("api_keys", "auth_open_paths", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _batch_defaults_to_limit(self) -> Settings:
+        if self.max_batch_size is None:
+            self.max_batch_size = self.max_concurrency
+        return self
+
+    def static_keys(self) -> list[str]:
+        """Keys given directly in settings (the keys file is read by the auth module)."""
+        keys = [self.api_key] if self.api_key else []
+        return [k.get_secret_value() for k in [*keys, *self.api_keys] if k.get_secret_value()]
+
+    def auth_configured(self) -> bool:
+        return self.auth_disabled or bool(self.static_keys()) or self.api_keys_file is not None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

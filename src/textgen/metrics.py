@@ -1,0 +1,31 @@
+"""Prometheus metrics of generation, served by BentoML's `/metrics`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class GenerationMetrics:
+    def __init__(self) -> None:
+        # Imported here: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker after the service module is imported.
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests = Counter("textgen_requests", "Generation requests by outcome.", ["outcome"])
+        self.queue_wait = Histogram(
+            "textgen_queue_wait_seconds", "Wait for a slot and a batch.", buckets=LATENCY_BUCKETS
+        )
+        self.latency = Histogram("textgen_generation_seconds", "Prefill to last token.", buckets=LATENCY_BUCKETS)
+        self.running = Gauge("textgen_generations_running", "Admitted generations.", multiprocess_mode="livesum")
+        self.waiting = Gauge("textgen_generations_waiting", "Requests waiting for a slot.", multiprocess_mode="livesum")
+        self.batch_size = Histogram("textgen_batch_size", "Rows per forward pass.", buckets=BATCH_BUCKETS)
+        self.prompt_tokens = Counter("textgen_prompt_tokens", "Prompt tokens of finished generations.")
+        self.generated_tokens = Counter("textgen_generated_tokens", "Tokens generated.")
+        self.model_loaded = Gauge("textgen_model_loaded", "1 once the model is loaded.", multiprocess_mode="livemax")
+
+
+@lru_cache
+def get_metrics() -> GenerationMetrics:
+    return GenerationMetrics()

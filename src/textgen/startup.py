@@ -1,0 +1,32 @@
+"""Checks and process settings applied when a worker starts."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class AuthNotConfigured(RuntimeError):
+    pass
+
+
+def check_auth_configured(settings: Settings) -> None:
+    """Secure by default: no key and no explicit opt-out means no start."""
+    if settings.auth_disabled:
+        logger.warning("!!! AUTH_DISABLED=true: every route is open to anyone who can reach this port !!!")
+        return
+    if not settings.auth_configured():
+        raise AuthNotConfigured(
+            "no API key configured: set API_KEY (or API_KEYS, or API_KEYS_FILE), "
+            "or set AUTH_DISABLED=true to serve without authentication"
+        )
+
+
+def configure_torch(settings: Settings) -> None:
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
