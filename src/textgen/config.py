@@ -50,7 +50,6 @@ class Settings(BaseSettings):
 
     # HTTP
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
-    default_max_new_tokens: int = Field(64, ge=1)
 
     @field_validator("api_keys", "auth_open_paths", mode="before")
     @classmethod

@@ -28,6 +28,10 @@ class EngineStopped(RuntimeError):
     """The engine shut down before the job finished."""
 
 
+class JobCancelled(RuntimeError):
+    """The job was cancelled (its client went away) before it finished."""
+
+
 @dataclass
 class JobResult:
     token_ids: list[int]
@@ -122,7 +126,9 @@ class BatchEngine:
         joiners: list[Job] = []
         while self._pending and len(self._active) + len(joiners) < self.max_batch_size:
             job = self._pending.popleft()
-            if not job.cancelled:
+            if job.cancelled:
+                job.on_done(JobCancelled("cancelled while waiting"))
+            else:
                 joiners.append(job)
         return joiners
 
@@ -209,7 +215,7 @@ class BatchEngine:
             if job.seen is not None:
                 job.seen[token] = True
             if job.cancelled:
-                job.on_done(EngineStopped("cancelled"))
+                job.on_done(JobCancelled("cancelled"))
                 continue
             result = self._finished(job, token)
             if result is None:

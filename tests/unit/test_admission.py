@@ -1,0 +1,113 @@
+"""The FIFO admission gate: limit, order, bounded queue, wait timeout, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from textgen.admission import AdmissionGate, QueueFull, QueueTimeout
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_at_most_limit_run_and_waiters_are_served_in_arrival_order():
+    async def scenario():
+        gate = AdmissionGate(limit=2, max_queue=10, timeout_s=5)
+        order: list[int] = []
+        peak = 0
+        release = asyncio.Event()
+
+        async def worker(i: int):
+            nonlocal peak
+            async with gate.slot():
+                order.append(i)
+                peak = max(peak, gate.running)
+                await (release.wait() if i < 2 else asyncio.sleep(0.01))
+
+        tasks = []
+        for i in range(6):
+            tasks.append(asyncio.create_task(worker(i)))
+            await asyncio.sleep(0.001)
+        assert (gate.running, gate.waiting) == (2, 4)
+        release.set()
+        await asyncio.gather(*tasks)
+        return order, peak, gate.running, gate.waiting
+
+    order, peak, running, waiting = run(scenario())
+    assert order == [0, 1, 2, 3, 4, 5]
+    assert peak == 2
+    assert (running, waiting) == (0, 0)
+
+
+def test_full_queue_is_refused_at_once():
+    async def scenario():
+        gate = AdmissionGate(limit=1, max_queue=1, timeout_s=5)
+        hold = asyncio.Event()
+
+        async def holder():
+            async with gate.slot():
+                await hold.wait()
+
+        tasks = [asyncio.create_task(holder()), asyncio.create_task(holder())]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            async with gate.slot():
+                pass
+        hold.set()
+        await asyncio.gather(*tasks)
+
+    run(scenario())
+
+
+def test_wait_times_out_and_a_timed_out_waiter_does_not_keep_a_slot():
+    async def scenario():
+        gate = AdmissionGate(limit=1, max_queue=5, timeout_s=0.05)
+        hold = asyncio.Event()
+
+        async def holder():
+            async with gate.slot():
+                await hold.wait()
+
+        task = asyncio.create_task(holder())
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueTimeout):
+            async with gate.slot():
+                pass
+        hold.set()
+        await task
+        async with gate.slot():  # the slot is free again
+            assert gate.running == 1
+        return gate.running, gate.waiting
+
+    assert run(scenario()) == (0, 0)
+
+
+def test_a_cancelled_waiter_leaves_the_queue():
+    async def scenario():
+        gate = AdmissionGate(limit=1, max_queue=5, timeout_s=5)
+        hold = asyncio.Event()
+
+        async def holder():
+            async with gate.slot():
+                await hold.wait()
+
+        async def waiter():
+            async with gate.slot():
+                pass
+
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(waiter())
+        await asyncio.sleep(0.01)
+        assert gate.waiting == 1
+        waiting.cancel()
+        await asyncio.sleep(0.01)
+        assert gate.waiting == 0
+        hold.set()
+        await first
+        return gate.running
+
+    assert run(scenario()) == 0

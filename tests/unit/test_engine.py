@@ -1,0 +1,161 @@
+"""The batching engine on a real (tiny) model: its tokens must match transformers' own generate()."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from textgen.engine import BatchEngine, Job, JobResult
+from textgen.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0)
+PROMPTS = [
+    "Hello, my name is",
+    "The quick brown fox jumps over the lazy dog and then",
+    "A",
+    "In 1492 Columbus sailed the ocean blue, and later",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    model, tokenizer = tiny_model
+    engine = BatchEngine(model, tokenizer, max_batch_size=8)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[JobResult]:
+    done = [threading.Event() for _ in jobs]
+    results: list[JobResult | BaseException | None] = [None] * len(jobs)
+    for i, job in enumerate(jobs):
+
+        def deliver(outcome, i=i):
+            results[i] = outcome
+            done[i].set()
+
+        job.on_done = deliver
+        engine.submit(job)
+    for event in done:
+        assert event.wait(timeout), "a job never finished"
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]
+
+
+def reference_greedy(tiny_model, prompt: str, new_tokens: int) -> list[int]:
+    model, tokenizer = tiny_model
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def job(tokenizer, prompt: str, new_tokens: int, sampling: SamplingParams = GREEDY, **kw) -> Job:
+    return Job(tokenizer(prompt).input_ids, new_tokens, sampling, ignore_eos=True, **kw)
+
+
+def test_greedy_alone_matches_transformers_generate(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    for prompt in PROMPTS:
+        (result,) = run_jobs(engine, [job(tokenizer, prompt, 16)])
+        assert result.token_ids == reference_greedy(tiny_model, prompt, 16)
+        assert result.finish_reason == "length"
+
+
+def test_greedy_inside_mixed_batch_matches_alone(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    sampled = SamplingParams(temperature=0.9, top_p=0.8, top_k=40, repetition_penalty=1.3, seed=3)
+    jobs = [job(tokenizer, p, 16 if i % 2 else 6) for i, p in enumerate(PROMPTS)]
+    jobs += [job(tokenizer, "noise maker", 12, sampled), job(tokenizer, "more noise, longer prompt here", 9, sampled)]
+    results = run_jobs(engine, jobs)
+    for i, prompt in enumerate(PROMPTS):
+        expected = reference_greedy(tiny_model, prompt, 16)[: len(results[i].token_ids)]
+        assert results[i].token_ids == expected
+        assert len(results[i].token_ids) == (16 if i % 2 else 6)  # each row keeps its own max_new_tokens
+
+
+def test_requests_joining_a_running_batch_get_the_same_tokens(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    first = job(tokenizer, PROMPTS[1], 40)
+    done = threading.Event()
+    first.on_done = lambda _: done.set()
+    engine.submit(first)
+    late = run_jobs(engine, [job(tokenizer, p, 10) for p in PROMPTS])  # join while `first` is decoding
+    assert done.wait(60)
+    assert first.output_ids == reference_greedy(tiny_model, PROMPTS[1], 40)
+    for result, prompt in zip(late, PROMPTS, strict=True):
+        assert result.token_ids == reference_greedy(tiny_model, prompt, 10)
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    params = SamplingParams(temperature=1.0, top_k=50, seed=1234)
+    a = run_jobs(engine, [job(tokenizer, "Once upon a time", 24, params)])[0].token_ids
+    b = run_jobs(engine, [job(tokenizer, "Once upon a time", 24, params), job(tokenizer, "other", 5)])[0].token_ids
+    c = run_jobs(engine, [job(tokenizer, "Once upon a time", 24, SamplingParams(temperature=1.0, top_k=50, seed=99))])
+    assert a == b
+    assert a != c[0].token_ids
+
+
+def test_stop_string_ends_generation_and_is_cut(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    full = run_jobs(engine, [job(tokenizer, PROMPTS[0], 20)])[0]
+    stop = full.text[len(full.text) // 2 :][:3]  # a piece of the text greedy decoding will produce
+    assert stop.strip()
+    result = run_jobs(engine, [job(tokenizer, PROMPTS[0], 20, stop=(stop,))])[0]
+    assert result.finish_reason == "stop"
+    assert result.text == full.text[: full.text.find(stop)]
+    assert len(result.token_ids) < 20
+
+
+def test_eos_finishes_unless_ignored(tiny_model):
+    model, tokenizer = tiny_model
+    engine = BatchEngine(model, tokenizer, max_batch_size=4)
+    first = reference_greedy(tiny_model, "Hi", 1)[0]
+    engine.eos_token_id = first  # make the model's first greedy token the end of sequence
+    engine.start()
+    try:
+        stops, goes_on = run_jobs(
+            engine,
+            [Job(tokenizer("Hi").input_ids, 8, GREEDY), Job(tokenizer("Hi").input_ids, 8, GREEDY, ignore_eos=True)],
+        )
+    finally:
+        engine.stop()
+    assert (stops.finish_reason, len(stops.token_ids)) == ("eos", 1)
+    assert (goes_on.finish_reason, len(goes_on.token_ids)) == ("length", 8)
+
+
+def test_cancelled_job_leaves_the_batch(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    doomed = job(tokenizer, PROMPTS[0], 900)
+    outcome: list[object] = []
+    finished = threading.Event()
+    doomed.on_done = lambda o: (outcome.append(o), finished.set())
+    engine.submit(doomed)
+    survivor = job(tokenizer, PROMPTS[2], 30)
+    result_holder: list[JobResult] = []
+    t = threading.Thread(target=lambda: result_holder.extend(run_jobs(engine, [survivor])))
+    t.start()
+    engine.cancel(doomed)
+    assert finished.wait(30)
+    t.join(60)
+    assert isinstance(outcome[0], Exception)
+    assert len(doomed.output_ids) < 900
+    assert result_holder[0].token_ids == reference_greedy(tiny_model, PROMPTS[2], 30)
+    assert engine.active_rows == 0
+
+
+def test_a_failing_prefill_fails_only_its_own_jobs(engine, tiny_model):
+    tokenizer = tiny_model[1]
+    bad = Job([10**9], 4, GREEDY)  # token id outside the vocabulary: the forward pass raises
+    good = job(tokenizer, PROMPTS[0], 8)
+    with pytest.raises(IndexError):
+        run_jobs(engine, [bad])
+    assert run_jobs(engine, [good])[0].token_ids == reference_greedy(tiny_model, PROMPTS[0], 8)

@@ -1,0 +1,66 @@
+"""Per-row sampling against transformers' own logits processors."""
+
+from __future__ import annotations
+
+import torch
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from textgen.sampling import SamplingParams, apply_repetition_penalty, filter_top_k_top_p, make_generator, select_tokens
+
+VOCAB = 50
+
+
+def test_repetition_penalty_matches_transformers():
+    torch.manual_seed(0)
+    logits = torch.randn(2, VOCAB)
+    history = torch.tensor([[1, 2, 3, 3], [4, 5, 6, 7]])
+    seen = torch.zeros(2, VOCAB, dtype=torch.bool)
+    seen.scatter_(1, history, True)
+    ours = apply_repetition_penalty(logits, seen, torch.tensor([1.3, 1.3]))
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_top_k_top_p_keep_what_transformers_keeps():
+    torch.manual_seed(1)
+    logits = torch.randn(3, VOCAB) * 3
+    params = [(0.7, 0, 0.9), (1.0, 5, 1.0), (1.3, 10, 0.5)]
+    for row, (temp, k, p) in enumerate(params):
+        scores = TemperatureLogitsWarper(temp)(None, logits[row : row + 1].clone())
+        if k:
+            scores = TopKLogitsWarper(k)(None, scores)
+        if p < 1.0:
+            scores = TopPLogitsWarper(p)(None, scores)
+        expected_kept = set(torch.isfinite(scores[0]).nonzero().flatten().tolist())
+
+        sorted_logits, order = (logits[row : row + 1] / temp).sort(dim=-1, descending=True)
+        filtered = filter_top_k_top_p(sorted_logits, torch.tensor([k]), torch.tensor([p]))
+        kept = set(order[0][torch.isfinite(filtered[0])].tolist())
+        assert kept == expected_kept, (temp, k, p)
+
+
+def test_greedy_rows_take_the_argmax_and_sampled_rows_stay_in_the_top_k():
+    torch.manual_seed(2)
+    logits = torch.randn(2, VOCAB)
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.5, top_k=3, seed=7)]
+    top3 = set(logits[1].topk(3).indices.tolist())
+    for _ in range(50):
+        tokens = select_tokens(logits.clone(), params, [make_generator(None), make_generator(None)], None)
+        assert tokens[0] == logits[0].argmax()
+        assert int(tokens[1]) in top3
+
+
+def test_a_row_seed_fixes_its_samples_whatever_the_other_rows_do():
+    logits = torch.randn(3, VOCAB)
+    params = [SamplingParams(temperature=1.0, seed=5), SamplingParams(temperature=1.0), SamplingParams(temperature=0.0)]
+
+    def sample() -> int:
+        gens = [make_generator(p.seed) for p in params]
+        return int(select_tokens(logits.clone(), params, gens, None)[0])
+
+    assert len({sample() for _ in range(10)}) == 1

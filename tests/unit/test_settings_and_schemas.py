@@ -1,0 +1,58 @@
+"""Settings parsing and request bounds."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from textgen.config import DEFAULT_OPEN_PATHS, Settings
+from textgen.schemas import GenerateRequest
+from textgen.startup import AuthNotConfigured, check_auth_configured
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("API_KEYS", "key-a, key-b,,key-c")
+    monkeypatch.setenv("MAX_CONCURRENCY", "7")
+    monkeypatch.setenv("AUTH_OPEN_PATHS", '["/health"]')
+    s = Settings(_env_file=None)
+    assert s.static_keys() == ["key-a", "key-b", "key-c"]
+    assert (s.max_concurrency, s.max_batch_size) == (7, 7)  # batch size follows the limit unless set
+    assert s.auth_open_paths == ["/health"]
+    assert "key-a" not in repr(s)  # keys are secrets: never printed
+
+
+def test_defaults_are_secure_and_documented():
+    s = Settings(_env_file=None)
+    assert s.max_concurrency == 5
+    assert s.auth_open_paths == list(DEFAULT_OPEN_PATHS)
+    with pytest.raises(AuthNotConfigured, match="API_KEY"):
+        check_auth_configured(s)
+    check_auth_configured(Settings(auth_disabled=True, _env_file=None))
+    check_auth_configured(Settings(api_key="x", _env_file=None))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"prompt": ""},
+        {"prompt": "x", "max_new_tokens": 0},
+        {"prompt": "x", "temperature": 2.5},
+        {"prompt": "x", "temperature": float("nan")},
+        {"prompt": "x", "top_p": 0},
+        {"prompt": "x", "top_k": -1},
+        {"prompt": "x", "repetition_penalty": 0},
+        {"prompt": "x", "stop": ["a", "b", "c", "d", "e"]},
+        {"prompt": "x", "stop": [""]},
+        {"prompt": "x", "seed": -1},
+        {"prompt": "x", "unknown": 1},
+        {"prompt": 5},
+    ],
+)
+def test_out_of_bounds_requests_are_refused(bad):
+    with pytest.raises(ValidationError):
+        GenerateRequest.model_validate(bad)
+
+
+def test_only_prompt_is_required():
+    req = GenerateRequest(prompt="hi")
+    assert (req.max_new_tokens, req.temperature, req.stop, req.seed) == (64, 1.0, [], None)
