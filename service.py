@@ -28,10 +28,12 @@ from textgen.metrics import get_metrics
 from textgen.model_store import load_model, resolve_model_ref
 from textgen.routes import build_routes_app
 from textgen.schemas import GenerateRequest, GenerateResponse, HealthResponse, ModelInfo
-from textgen.startup import check_auth_configured, configure_torch
+from textgen.startup import check_auth_configured, configure_torch, is_serve_command
 
 logger = logging.getLogger("textgen.service")
 settings = get_settings()
+if is_serve_command():
+    check_auth_configured(settings)
 
 
 @bentoml.asgi_app(build_routes_app(), path="/")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import torch
 
@@ -30,3 +32,12 @@ def check_auth_configured(settings: Settings) -> None:
 def configure_torch(settings: Settings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+
+
+def is_serve_command() -> bool:
+    """True in the `bentoml serve` CLI process, which imports the service before it spawns workers.
+
+    A worker whose `__init__` raises is restarted by BentoML forever, so configuration errors are
+    raised here, where they end the command; `bentoml build` imports the service too and must not need keys.
+    """
+    return len(sys.argv) > 1 and Path(sys.argv[0]).name == "bentoml" and sys.argv[1] == "serve"

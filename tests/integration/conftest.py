@@ -1,0 +1,128 @@
+"""A real `bentoml serve` of a tiny locally built model, in a temporary BentoML home, on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO
+
+API_KEY = "test-key-0123456789"
+FILE_KEY = "file-key-abcdef"
+MODEL_NAME = "tiny-gpt2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bentoml_bin() -> str:
+    return str(Path(sys.executable).with_name("bentoml"))
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+    keys_file: Path
+
+    def post(self, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
+        headers = {"x-api-key": key} if key else {}
+        return requests.post(self.url + path, headers=headers | kwargs.pop("headers", {}), timeout=120, **kwargs)
+
+    def get(self, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
+        headers = {"x-api-key": key} if key else {}
+        return requests.get(self.url + path, headers=headers | kwargs.pop("headers", {}), timeout=30, **kwargs)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(home: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+    for name in ("API_KEY", "API_KEYS", "API_KEYS_FILE", "AUTH_DISABLED", "MODEL_TAG"):
+        if name not in env:
+            full_env.pop(name, None)
+    process = subprocess.Popen(
+        [bentoml_bin(), "serve", "service:TextGeneration", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=full_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or busy loading
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"server not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def store_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A BentoML home whose store holds the tiny model, imported by the project's own script."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    subprocess.run(
+        [sys.executable, "scripts/import_model.py", "--source", str(tiny_model_dir), "--name", MODEL_NAME],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
+        check=True,
+        capture_output=True,
+    )
+    return home
+
+
+@pytest.fixture(scope="session")
+def server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("server")
+    keys_file = workdir / "keys.txt"
+    keys_file.write_text(FILE_KEY + "\n")
+    log = workdir / "serve.log"
+    env = {
+        "MODEL_TAG": f"{MODEL_NAME}:latest",
+        "API_KEY": API_KEY,
+        "API_KEYS_FILE": str(keys_file),
+        "MAX_CONCURRENCY": "5",
+        "MAX_QUEUE": "8",
+        "QUEUE_TIMEOUT_S": "600",  # a busy CI machine must not turn waiting into 503s
+        "MAX_BODY_BYTES": "65536",
+    }
+    process, url = start_server(store_home, log, env)
+    try:
+        wait_ready(process, url, log)
+        yield Server(url, process, log, keys_file)
+    finally:
+        stop(process)
