@@ -30,7 +30,7 @@ from textgen.routes import build_routes_app
 from textgen.schemas import GenerateRequest, GenerateResponse, HealthResponse, ModelInfo
 from textgen.startup import check_auth_configured, configure_torch, is_serve_command
 
-logger = logging.getLogger("textgen.service")
+logging.getLogger("textgen").setLevel(logging.INFO)  # model provenance, key-file reloads, auth warnings
 settings = get_settings()
 if is_serve_command():
     check_auth_configured(settings)
