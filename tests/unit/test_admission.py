@@ -42,21 +42,31 @@ def test_at_most_limit_run_and_waiters_are_served_in_arrival_order():
     assert (running, waiting) == (0, 0)
 
 
+async def occupy(gate: AdmissionGate, holders: int) -> tuple[asyncio.Event, list[asyncio.Task]]:
+    """Start `holders` tasks that take (or wait for) a slot and keep it until the event is set."""
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.slot():
+            await release.wait()
+
+    tasks = [asyncio.create_task(holder()) for _ in range(holders)]
+    await asyncio.sleep(0.01)
+    return release, tasks
+
+
+async def enter_and_leave(gate: AdmissionGate) -> None:
+    async with gate.slot():
+        pass
+
+
 def test_full_queue_is_refused_at_once():
     async def scenario():
         gate = AdmissionGate(limit=1, max_queue=1, timeout_s=5)
-        hold = asyncio.Event()
-
-        async def holder():
-            async with gate.slot():
-                await hold.wait()
-
-        tasks = [asyncio.create_task(holder()), asyncio.create_task(holder())]
-        await asyncio.sleep(0.01)
+        release, tasks = await occupy(gate, 2)  # one runs, one waits
         with pytest.raises(QueueFull):
-            async with gate.slot():
-                pass
-        hold.set()
+            await enter_and_leave(gate)
+        release.set()
         await asyncio.gather(*tasks)
 
     run(scenario())
@@ -65,19 +75,11 @@ def test_full_queue_is_refused_at_once():
 def test_wait_times_out_and_a_timed_out_waiter_does_not_keep_a_slot():
     async def scenario():
         gate = AdmissionGate(limit=1, max_queue=5, timeout_s=0.05)
-        hold = asyncio.Event()
-
-        async def holder():
-            async with gate.slot():
-                await hold.wait()
-
-        task = asyncio.create_task(holder())
-        await asyncio.sleep(0.01)
+        release, tasks = await occupy(gate, 1)
         with pytest.raises(QueueTimeout):
-            async with gate.slot():
-                pass
-        hold.set()
-        await task
+            await enter_and_leave(gate)
+        release.set()
+        await asyncio.gather(*tasks)
         async with gate.slot():  # the slot is free again
             assert gate.running == 1
         return gate.running, gate.waiting
@@ -88,26 +90,15 @@ def test_wait_times_out_and_a_timed_out_waiter_does_not_keep_a_slot():
 def test_a_cancelled_waiter_leaves_the_queue():
     async def scenario():
         gate = AdmissionGate(limit=1, max_queue=5, timeout_s=5)
-        hold = asyncio.Event()
-
-        async def holder():
-            async with gate.slot():
-                await hold.wait()
-
-        async def waiter():
-            async with gate.slot():
-                pass
-
-        first = asyncio.create_task(holder())
-        await asyncio.sleep(0.01)
-        waiting = asyncio.create_task(waiter())
+        release, tasks = await occupy(gate, 1)
+        waiting = asyncio.create_task(enter_and_leave(gate))
         await asyncio.sleep(0.01)
         assert gate.waiting == 1
         waiting.cancel()
         await asyncio.sleep(0.01)
         assert gate.waiting == 0
-        hold.set()
-        await first
+        release.set()
+        await asyncio.gather(*tasks)
         return gate.running
 
     assert run(scenario()) == 0
