@@ -25,6 +25,17 @@ def _is_json(content_type: str | None) -> bool:
     return content_type is None or content_type.split(";")[0].strip().lower() in ("application/json", "")
 
 
+def _is_form(content_type: str | None) -> bool:
+    return (
+        content_type is not None and content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
+    )
+
+
+def _with_json_content_type(scope: Scope) -> Scope:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+
+
 class RequestBodyGuard:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -58,7 +69,12 @@ class RequestBodyGuard:
                 break
         body = b"".join(chunks)
 
-        if body and _is_json(_header(scope, b"content-type")):
+        content_type = _header(scope, b"content-type")
+        if _is_form(content_type) and body.lstrip().startswith(b"{"):
+            # `curl -d '{...}'` labels JSON as a form: read it as the JSON it is.
+            scope = _with_json_content_type(scope)
+            content_type = "application/json"
+        if body and _is_json(content_type):
             try:
                 json.loads(body)
             except ValueError as exc:

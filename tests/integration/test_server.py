@@ -75,6 +75,13 @@ def test_greedy_generation_equals_transformers_generate(server: Server, tiny_mod
     assert response.headers["x-bentoml-request-id"]
 
 
+def test_curl_style_json_without_content_type(server: Server):
+    headers = {"content-type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
+    response = server.post("/generate", data=b'{"prompt": "Hi", "max_new_tokens": 3}', headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 3
+
+
 def test_bentoml_python_client_with_token(server: Server):
     with bentoml.SyncHTTPClient(server.url, token=API_KEY) as client:
         result = client.generate(prompt="Hello", max_new_tokens=5, temperature=0)

@@ -115,6 +115,13 @@ def test_body_over_the_limit_gets_413_whether_declared_or_streamed(client):
     assert client.post("/echo", content=b"[1,2]", headers=headers).json() == {"len": 5}
 
 
+def test_json_sent_with_curls_default_form_content_type_is_read_as_json(client):
+    headers = {"x-api-key": KEY, "content-type": "application/x-www-form-urlencoded"}
+    assert client.post("/echo", content=b'{"prompt": "hi"}', headers=headers).json() == {"len": 16}
+    error = assert_error(client.post("/echo", content=b"{bad", headers=headers), 400, "invalid_json")
+    assert "not valid JSON" in error["message"]
+
+
 def test_malformed_json_and_invalid_utf8_get_400(client):
     headers = {"x-api-key": KEY, "content-type": "application/json"}
     assert (
