@@ -9,25 +9,32 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from starlette.responses import Response
 
 # src layout: make the package importable for `bentoml serve` and inside a built Bento alike.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from pydantic import ValidationError
 
 from textgen.admission import AdmissionGate
 from textgen.auth import APIKeyMiddleware
 from textgen.body_guard import RequestBodyGuard
 from textgen.config import get_settings
 from textgen.error_envelope import ErrorEnvelopeMiddleware
-from textgen.errors import ApiError, NotReady
+from textgen.errors import ApiError, NotReady, as_api_error
 from textgen.generation import TextGenerator
 from textgen.metrics import get_metrics
 from textgen.model_store import load_model, resolve_model_ref
+from textgen.openai_api import OpenAIRoutes
+from textgen.openai_schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ModelList
 from textgen.routes import build_routes_app
 from textgen.schemas import GenerateRequest, GenerateResponse, HealthResponse, ModelInfo
+from textgen.sse import generate_events
 from textgen.startup import check_auth_configured, configure_torch, is_serve_command
 
 logging.getLogger("textgen").setLevel(logging.INFO)  # model provenance, key-file reloads, auth warnings
@@ -47,6 +54,7 @@ class TextGeneration:
         self.metrics = get_metrics()
         self.gate = AdmissionGate(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
         self.generator: TextGenerator | None = None
+        self.openai: OpenAIRoutes | None = None
         self.started_at = time.monotonic()
 
     @bentoml.on_startup
@@ -58,6 +66,7 @@ class TextGeneration:
         loaded = load_model(self.model_ref, settings.model_device, settings.model_dtype)
         generator = TextGenerator(loaded, self.gate, settings.max_batch_size or settings.max_concurrency, self.metrics)
         generator.start()
+        self.openai = OpenAIRoutes(generator)
         self.generator = generator
         self.metrics.model_loaded.set(1)
 
@@ -69,16 +78,48 @@ class TextGeneration:
         if self.generator is not None:
             self.generator.stop()
 
+    def _ready(self) -> tuple[TextGenerator, OpenAIRoutes]:
+        if self.generator is None or self.openai is None:
+            raise NotReady("the model is still loading", headers={"Retry-After": "2"})
+        return self.generator, self.openai
+
+    async def _answer(self, handler: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await handler()
+        except (ApiError, ValidationError) as exc:
+            return as_api_error(exc).to_response()
+
+    # BentoML validates bodies against a copy of each input_spec that lacks model-level validators
+    # (one prompt per completion, say): validate again with the real model.
     @bentoml.api(input_spec=GenerateRequest)
     async def generate(self, **params: Any) -> GenerateResponse:
         """Continue `prompt`; requests close together share forward passes."""
+        return await self._answer(lambda: self._ready()[0].generate(GenerateRequest.model_validate(params)))
+
+    @bentoml.api(input_spec=GenerateRequest)
+    async def generate_stream(self, ctx: bentoml.Context, **params: Any) -> AsyncGenerator[str, None]:
+        """As /generate, streamed as server-sent events: `token` events, then `done` with the whole response."""
         try:
-            if self.generator is None:
-                raise NotReady("the model is still loading", headers={"Retry-After": "2"})
-            # BentoML has validated the body against GenerateRequest already.
-            return await self.generator.generate(GenerateRequest.model_construct(**params))
-        except ApiError as exc:
-            return exc.to_response()  # type: ignore[return-value]
+            events = self._ready()[0].stream(GenerateRequest.model_validate(params))
+            await anext(events)  # admitted: refusals before this point keep their HTTP status
+        except (ApiError, ValidationError) as exc:
+            error = as_api_error(exc)
+            ctx.response.status_code = error.status
+            ctx.response.headers.update(error.headers)
+            yield error.to_response().body.decode()
+            return
+        async for chunk in generate_events(events):
+            yield chunk
+
+    @bentoml.api(route="/v1/completions", input_spec=CompletionRequest)
+    async def v1_completions(self, **params: Any) -> Completion:
+        """OpenAI-compatible completions (`stream: true` for server-sent events)."""
+        return await self._answer(lambda: self._ready()[1].completions(CompletionRequest.model_validate(params)))
+
+    @bentoml.api(route="/v1/chat/completions", input_spec=ChatCompletionRequest)
+    async def v1_chat_completions(self, **params: Any) -> ChatCompletion:
+        """OpenAI-compatible chat completions; 400 for a model without a chat template."""
+        return await self._answer(lambda: self._ready()[1].chat(ChatCompletionRequest.model_validate(params)))
 
     def health(self) -> HealthResponse:
         return HealthResponse(
@@ -90,6 +131,9 @@ class TextGeneration:
 
     def model_info(self) -> ModelInfo | None:
         return self.generator.loaded.info if self.generator else None
+
+    def model_list(self) -> ModelList | Response:
+        return self.openai.models() if self.openai else NotReady("the model is still loading").to_response()
 
 
 # First added is outermost: errors are normalised last, auth runs before any body is read.

@@ -38,6 +38,7 @@ class JobResult:
     text: str
     finish_reason: FinishReason
     started_at: float  # time.perf_counter() at prefill
+    first_token_at: float
     finished_at: float
 
 
@@ -51,10 +52,12 @@ class Job:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     on_done: Callable[[JobResult | BaseException], None] = lambda _: None
+    on_token: Callable[[int], None] | None = None  # for streaming; called from the engine thread
     # Set by the engine thread.
     output_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
     started_at: float = 0.0
+    first_token_at: float = 0.0
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # tokens seen so far, for the repetition penalty
 
@@ -212,16 +215,20 @@ class BatchEngine:
         survivors = []
         for row, (job, token) in enumerate(zip(jobs, tokens, strict=True)):
             job.output_ids.append(token)
+            if len(job.output_ids) == 1:
+                job.first_token_at = time.perf_counter()
             if job.seen is not None:
                 job.seen[token] = True
             if job.cancelled:
                 job.on_done(JobCancelled("cancelled"))
                 continue
             result = self._finished(job, token)
-            if result is None:
-                survivors.append(row)
-            else:
-                job.on_done(result)
+            if result is not None:
+                job.on_done(result)  # the last token arrives with the final (stop-cut) text, not on its own
+                continue
+            survivors.append(row)
+            if job.on_token is not None:
+                job.on_token(token)
         return survivors
 
     def _no_tokens(self) -> torch.Tensor:
@@ -243,7 +250,7 @@ class BatchEngine:
             return None
         if text is None:
             text = self._decode_text(job.output_ids)
-        return JobResult(job.output_ids, text, reason, job.started_at, time.perf_counter())
+        return JobResult(job.output_ids, text, reason, job.started_at, job.first_token_at, time.perf_counter())
 
     def _decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body
+from .errors import ValidationFailed, error_body
 
 ERROR_TYPES = {
     400: "invalid_request",
@@ -29,10 +29,6 @@ ERROR_TYPES = {
 INTERNAL_MESSAGE = "internal server error; see the server log with this request_id"
 
 
-def _field(loc: list[Any]) -> str:
-    return ".".join(str(part) for part in loc if part != "body") or "body"
-
-
 def normalise(status: int, raw: bytes) -> dict[str, Any]:
     """Our error body for a response of `status` whose body was `raw`."""
     try:
@@ -45,9 +41,8 @@ def normalise(status: int, raw: bytes) -> dict[str, Any]:
         data = data[0]  # BentoML wraps some errors in a one-item list
 
     if status == 400 and isinstance(data, dict) and isinstance(data.get("detail"), list) and data["detail"]:
-        problems = [f"{_field(d.get('loc', []))}: {d.get('msg', 'invalid')}" for d in data["detail"]]
-        first = _field(data["detail"][0].get("loc", []))
-        return error_body("validation_error", "; ".join(problems), field=first)
+        invalid = ValidationFailed.from_details(data["detail"])
+        return error_body(invalid.type, invalid.message, field=invalid.field)
 
     error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "client_error")
     if status >= 500:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from .schemas import ErrorBody, ErrorDetail
@@ -38,6 +40,23 @@ class ApiError(Exception):
 
 class InvalidRequest(ApiError):
     status, type = 400, "invalid_request"
+
+
+class ValidationFailed(ApiError):
+    status, type = 400, "validation_error"
+
+    @classmethod
+    def from_details(cls, details: list[dict[str, Any]]) -> ValidationFailed:
+        """From pydantic's error list (as BentoML also returns it): every problem, and the first field."""
+        fields = [".".join(str(p) for p in d.get("loc", ()) if p != "body") or "body" for d in details]
+        message = "; ".join(f"{f}: {d.get('msg', 'invalid')}" for f, d in zip(fields, details, strict=True))
+        return cls(message, field=fields[0] if fields else None)
+
+
+def as_api_error(exc: ApiError | ValidationError) -> ApiError:
+    if isinstance(exc, ValidationError):
+        return ValidationFailed.from_details(exc.errors(include_context=False, include_input=False))  # type: ignore[arg-type]
+    return exc
 
 
 class ContextTooLong(ApiError):

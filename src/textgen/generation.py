@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from .admission import AdmissionGate, QueueFull, QueueTimeout
 from .engine import BatchEngine, Job, JobResult
@@ -12,15 +15,22 @@ from .metrics import GenerationMetrics
 from .model_store import LoadedModel
 from .sampling import SamplingParams
 from .schemas import GenerateRequest, GenerateResponse, Timings, Usage
+from .streaming import TextDeltas
 
 
-def _settle(future: asyncio.Future[JobResult], outcome: JobResult | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+@dataclass
+class TextDelta:
+    """A streamed piece of the completion."""
+
+    text: str
+
+
+class Admitted:
+    """First item of a stream: the request has a slot and is in the engine (errors after this are in-stream)."""
+
+
+def _deliver(queue: asyncio.Queue[int | JobResult | BaseException], loop: asyncio.AbstractEventLoop):
+    return lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
 
 
 class TextGenerator:
@@ -40,9 +50,83 @@ class TextGenerator:
         self.engine.stop()
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        result: GenerateResponse | None = None
+        async for event in self.stream(request, text_deltas=False):
+            if isinstance(event, GenerateResponse):
+                result = event
+        assert result is not None
+        return result
+
+    async def stream(
+        self, request: GenerateRequest, text_deltas: bool = True
+    ) -> AsyncIterator[Admitted | TextDelta | GenerateResponse]:
+        """Yields `Admitted`, then text pieces (if `text_deltas`), then the whole response.
+
+        Errors before `Admitted` (context too long, overload) are for an HTTP status; closing the
+        iterator (the client went away) drops the job from the batch at the next step and frees the slot.
+        """
         arrived = time.perf_counter()
-        prompt_ids = await self._tokenize(request)
-        job = Job(
+        job = self._job(request, await self._tokenize(request))
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[int | JobResult | BaseException] = asyncio.Queue()
+        job.on_done = _deliver(events, loop)
+        if text_deltas:
+            job.on_token = _deliver(events, loop)
+        deltas = TextDeltas(self.loaded.tokenizer, hold_back=max((len(s) for s in request.stop), default=1) - 1)
+        finished = False
+        async with self._admission():
+            self.engine.submit(job)
+            try:
+                yield Admitted()
+                while True:
+                    event = await events.get()
+                    if isinstance(event, BaseException):
+                        raise event
+                    if isinstance(event, int):
+                        if piece := deltas.add(event):
+                            yield TextDelta(piece)
+                        continue
+                    finished = True
+                    if text_deltas and (rest := deltas.finish(event.text)):
+                        yield TextDelta(rest)
+                    yield self._response(request, job.prompt_ids, event, arrived)
+                    return
+            finally:
+                if not finished:  # cancelled, or the client went away: free the row at the next step
+                    self.engine.cancel(job)
+
+    @asynccontextmanager
+    async def _admission(self) -> AsyncIterator[None]:
+        try:
+            async with self.gate.slot():
+                self._observe_load()
+                try:
+                    yield
+                except asyncio.CancelledError:
+                    self.metrics.requests.labels("cancelled").inc()
+                    raise
+                except GeneratorExit:
+                    self.metrics.requests.labels("disconnected").inc()
+                    raise
+                except Exception:
+                    self.metrics.requests.labels("error").inc()
+                    raise
+        except QueueFull:
+            self.metrics.requests.labels("rejected_queue_full").inc()
+            raise Overloaded(
+                f"all {self.gate.limit} generation slots are busy and {self.gate.max_queue} requests are waiting",
+                headers={"Retry-After": "1"},
+            ) from None
+        except QueueTimeout:
+            self.metrics.requests.labels("rejected_queue_timeout").inc()
+            raise QueueTimedOut(
+                f"no generation slot came free within {self.gate.timeout_s:g} s", headers={"Retry-After": "5"}
+            ) from None
+        finally:
+            self._observe_load()
+
+    def _job(self, request: GenerateRequest, prompt_ids: list[int]) -> Job:
+        return Job(
             prompt_ids=prompt_ids,
             max_new_tokens=request.max_new_tokens,
             sampling=SamplingParams(
@@ -55,33 +139,15 @@ class TextGenerator:
             stop=tuple(request.stop),
             ignore_eos=request.ignore_eos,
         )
-        try:
-            async with self.gate.slot():
-                self._observe_load()
-                result = await self._run(job)
-        except QueueFull:
-            self.metrics.requests.labels("rejected_queue_full").inc()
-            raise Overloaded(
-                f"all {self.gate.limit} generation slots are busy and {self.gate.max_queue} requests are waiting",
-                headers={"Retry-After": "1"},
-            ) from None
-        except QueueTimeout:
-            self.metrics.requests.labels("rejected_queue_timeout").inc()
-            raise QueueTimedOut(
-                f"no generation slot came free within {self.gate.timeout_s:g} s", headers={"Retry-After": "5"}
-            ) from None
-        except asyncio.CancelledError:
-            self.metrics.requests.labels("cancelled").inc()
-            raise
-        except Exception:
-            self.metrics.requests.labels("error").inc()
-            raise
-        finally:
-            self._observe_load()
-        return self._response(request, prompt_ids, result, arrived)
 
     async def _tokenize(self, request: GenerateRequest) -> list[int]:
         context = self.loaded.context_length
+        if request.max_new_tokens >= context:
+            raise ContextTooLong(
+                f"max_new_tokens is {request.max_new_tokens}: the prompt and the new tokens must fit the model's "
+                f"context of {context} tokens",
+                field="max_new_tokens",
+            )
         at_least = len(request.prompt) // self._max_token_chars
         if at_least + request.max_new_tokens > context:
             raise ContextTooLong(
@@ -99,17 +165,6 @@ class TextGenerator:
             )
         return prompt_ids
 
-    async def _run(self, job: Job) -> JobResult:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[JobResult] = loop.create_future()
-        job.on_done = lambda outcome: loop.call_soon_threadsafe(_settle, done, outcome)
-        self.engine.submit(job)
-        try:
-            return await done
-        finally:
-            if not done.done():  # the client went away: free the row at the next step
-                self.engine.cancel(job)
-
     def _observe_load(self) -> None:
         self.metrics.running.set(self.gate.running)
         self.metrics.waiting.set(self.gate.waiting)
@@ -120,20 +175,27 @@ class TextGenerator:
         now = time.perf_counter()
         queue_s = result.started_at - arrived
         inference_s = result.finished_at - result.started_at
+        generated = len(result.token_ids)
         self.metrics.requests.labels("ok").inc()
         self.metrics.queue_wait.observe(queue_s)
         self.metrics.latency.observe(inference_s)
+        self.metrics.time_to_first_token.observe(result.first_token_at - arrived)
+        if generated > 1:
+            self.metrics.inter_token_latency.observe((result.finished_at - result.first_token_at) / (generated - 1))
         self.metrics.prompt_tokens.inc(len(prompt_ids))
-        self.metrics.generated_tokens.inc(len(result.token_ids))
+        self.metrics.generated_tokens.inc(generated)
         return GenerateResponse(
             generated_text=request.prompt + result.text,
             completion=result.text,
             finish_reason=result.finish_reason,
             usage=Usage(
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=len(result.token_ids),
-                total_tokens=len(prompt_ids) + len(result.token_ids),
+                prompt_tokens=len(prompt_ids), completion_tokens=generated, total_tokens=len(prompt_ids) + generated
             ),
             model=self.loaded.info.tag,
-            timings=Timings(queue_ms=queue_s * 1000, inference_ms=inference_s * 1000, total_ms=(now - arrived) * 1000),
+            timings=Timings(
+                queue_ms=queue_s * 1000,
+                time_to_first_token_ms=(result.first_token_at - arrived) * 1000,
+                inference_ms=inference_s * 1000,
+                total_ms=(now - arrived) * 1000,
+            ),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -20,6 +21,12 @@ class GenerationMetrics:
         self.latency = Histogram("textgen_generation_seconds", "Prefill to last token.", buckets=LATENCY_BUCKETS)
         self.running = Gauge("textgen_generations_running", "Admitted generations.", multiprocess_mode="livesum")
         self.waiting = Gauge("textgen_generations_waiting", "Requests waiting for a slot.", multiprocess_mode="livesum")
+        self.time_to_first_token = Histogram(
+            "textgen_time_to_first_token_seconds", "Arrival to first generated token.", buckets=LATENCY_BUCKETS
+        )
+        self.inter_token_latency = Histogram(
+            "textgen_inter_token_latency_seconds", "Mean gap between a request's tokens.", buckets=ITL_BUCKETS
+        )
         self.batch_size = Histogram("textgen_batch_size", "Rows per forward pass.", buckets=BATCH_BUCKETS)
         self.prompt_tokens = Counter("textgen_prompt_tokens", "Prompt tokens of finished generations.")
         self.generated_tokens = Counter("textgen_generated_tokens", "Tokens generated.")

@@ -1,4 +1,4 @@
-"""GET routes BentoML's `@bentoml.api` cannot declare (it is POST only): /health and /model-info."""
+"""GET routes BentoML's `@bentoml.api` cannot declare (it is POST only): /health, /model-info, /v1/models."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import NotReady
+from .openai_schemas import ModelList
 from .schemas import HealthResponse, ModelInfo
 
 
 class ServesModel(Protocol):
     def health(self) -> HealthResponse: ...
     def model_info(self) -> ModelInfo | None: ...
+    def model_list(self) -> ModelList | Response: ...
 
 
 def _service() -> ServesModel:
@@ -35,7 +37,16 @@ async def model_info(_: Request) -> Response:
     return JSONResponse(info.model_dump())
 
 
+async def openai_models(_: Request) -> Response:
+    listing = _service().model_list()
+    return listing if isinstance(listing, Response) else JSONResponse(listing.model_dump())
+
+
 def build_routes_app() -> Starlette:
     return Starlette(
-        routes=[Route("/health", health, methods=["GET"]), Route("/model-info", model_info, methods=["GET"])]
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/model-info", model_info, methods=["GET"]),
+            Route("/v1/models", openai_models, methods=["GET"]),
+        ]
     )

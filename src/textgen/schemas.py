@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 FinishReason = Literal["length", "stop", "eos"]
 
 MAX_STOP_STRINGS = 4
+
+
+# Field types shared by /generate and the OpenAI-compatible routes, so their bounds cannot drift apart.
+MaxNewTokens = Annotated[int, Field(ge=1, le=100_000, description="Tokens to generate (prompt + this <= context).")]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy decoding.")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+TopK = Annotated[int, Field(ge=0, le=100_000, description="0 disables top-k filtering.")]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
+Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Makes sampling reproducible.")]
+IgnoreEos = Annotated[bool, Field(description="Keep generating past end-of-sequence (benchmarks).")]
+
+
+def check_stop_strings(stops: list[str]) -> list[str]:
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+    if any(not s for s in stops):
+        raise ValueError("stop strings must not be empty")
+    return stops
+
+
+StopStrings = Annotated[list[str], AfterValidator(check_stop_strings), Field(description="Stop strings (at most 4).")]
 
 
 class GenerateRequest(BaseModel):
@@ -17,21 +38,14 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(..., min_length=1, description="Text to continue.", examples=["Once upon a time"])
-    max_new_tokens: int = Field(64, ge=1, le=100_000, description="Tokens to generate (prompt + this <= context).")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy decoding.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    top_k: int = Field(0, ge=0, le=100_000, description="0 disables top-k filtering.")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, allow_inf_nan=False)
-    stop: list[str] = Field(default_factory=list, max_length=MAX_STOP_STRINGS, description="Stop strings.")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes sampling reproducible.")
-    ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence (benchmarks).")
-
-    @field_validator("stop")
-    @classmethod
-    def _non_empty_stops(cls, stops: list[str]) -> list[str]:
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        return stops
+    max_new_tokens: MaxNewTokens = 64
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
+    stop: StopStrings = Field(default_factory=list)
+    seed: Seed = None
+    ignore_eos: IgnoreEos = False
 
 
 class Usage(BaseModel):
@@ -42,6 +56,7 @@ class Usage(BaseModel):
 
 class Timings(BaseModel):
     queue_ms: float = Field(description="Waiting for a slot and for the batch to take the request.")
+    time_to_first_token_ms: float
     inference_ms: float = Field(description="From prefill to the last token.")
     total_ms: float
 

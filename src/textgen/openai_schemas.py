@@ -1,0 +1,148 @@
+"""OpenAI-compatible request and response models (`/v1/completions`, `/v1/chat/completions`, `/v1/models`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .schemas import (
+    GenerateRequest,
+    IgnoreEos,
+    MaxNewTokens,
+    RepetitionPenalty,
+    Seed,
+    StopStrings,
+    Temperature,
+    TopK,
+    TopP,
+    Usage,
+)
+
+OpenAIFinishReason = Literal["stop", "length"]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """What both OpenAI routes accept. Unknown fields are ignored, as OpenAI SDKs send optional extras."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="The served model (see /v1/models); other names get 404.")
+    max_tokens: MaxNewTokens = 16
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    n: Literal[1] = Field(1, description="Only one choice per request is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: StopStrings | str | None = None
+    seed: Seed = None
+    presence_penalty: Literal[0, 0.0] = Field(0, description="Not supported: must be 0.")
+    frequency_penalty: Literal[0, 0.0] = Field(0, description="Not supported: must be 0.")
+    logprobs: None = Field(None, description="Not supported.")
+    # Extensions also accepted by vLLM.
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
+    ignore_eos: IgnoreEos = False
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def to_generate(self, prompt: str) -> GenerateRequest:
+        return GenerateRequest(
+            prompt=prompt,
+            max_new_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            stop=[self.stop] if isinstance(self.stop, str) else (self.stop or []),
+            seed=self.seed,
+            ignore_eos=self.ignore_eos,
+        )
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] = Field(..., description="One prompt (a one-item list is accepted).")
+    echo: bool = Field(False, description="Put the prompt before the completion.")
+
+    @field_validator("prompt", mode="after")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str:
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ValueError("exactly one prompt per request is supported")
+            prompt = prompt[0]
+        if not prompt:
+            raise ValueError("prompt must not be empty")
+        return prompt
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_completion_tokens: MaxNewTokens | None = None
+
+    def to_generate(self, prompt: str) -> GenerateRequest:
+        request = super().to_generate(prompt)
+        if self.max_completion_tokens is not None:
+            request.max_new_tokens = self.max_completion_tokens
+        return request
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: OpenAIFinishReason | None = None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatDelta | None = None
+    delta: ChatDelta | None = None
+    finish_reason: OpenAIFinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion", "chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "textgen"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
