@@ -50,7 +50,13 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(home: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(store_home: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    # Each server gets its own BentoML home sharing the model store: servers sharing a home share (and wipe)
+    # one Prometheus multiprocess directory.
+    home = log.parent / f"bentoml-home-{log.stem}"
+    home.mkdir(exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(store_home / "models")
     port = free_port()
     full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
     for name in ("API_KEY", "API_KEYS", "API_KEYS_FILE", "AUTH_DISABLED", "MODEL_TAG"):

@@ -71,7 +71,7 @@ def test_greedy_generation_equals_transformers_generate(server: Server, tiny_mod
     assert body["usage"] == {"prompt_tokens": ids.shape[1], "completion_tokens": 24, "total_tokens": ids.shape[1] + 24}
     assert body["finish_reason"] == "length"
     assert body["model"].startswith(f"{MODEL_NAME}:")
-    assert set(body["timings"]) == {"queue_ms", "inference_ms", "total_ms"}
+    assert set(body["timings"]) == {"queue_ms", "time_to_first_token_ms", "inference_ms", "total_ms"}
     assert response.headers["x-bentoml-request-id"]
 
 
