@@ -134,6 +134,27 @@ def test_docs_and_schema_need_a_key(server: Server):
     assert server.get("/docs.json").status_code == 200
 
 
+def test_every_route_but_the_open_ones_needs_a_key(server: Server):
+    """Routes are enumerated from the running app's OpenAPI document and the mounted app, so a new one is covered."""
+    from textgen.config import DEFAULT_OPEN_PATHS
+    from textgen.routes import build_routes_app
+
+    documented = {
+        (method.upper(), path)
+        for path, operations in server.get("/docs.json").json()["paths"].items()
+        for method in operations
+    }
+    mounted = {(m, r.path) for r in build_routes_app().routes for m in r.methods if m != "HEAD"}
+    routes = documented | mounted
+    assert ("POST", "/generate") in routes and ("GET", "/v1/models") in routes
+    for method, path in sorted(routes):
+        response = requests.request(method, server.url + path, json={}, timeout=30)
+        if path in DEFAULT_OPEN_PATHS:
+            assert response.status_code != 401, path
+        else:
+            assert response.status_code == 401, (method, path, response.status_code)
+
+
 def test_keys_file_rotates_without_restart(server: Server):
     server.keys_file.write_text("rotated-key-999\n")
     try:
