@@ -21,6 +21,7 @@ from textgen.admission import AdmissionGate
 from textgen.auth import APIKeyMiddleware
 from textgen.body_guard import RequestBodyGuard
 from textgen.config import get_settings
+from textgen.container import container_envs, container_image
 from textgen.error_envelope import ErrorEnvelopeMiddleware
 from textgen.errors import ApiError, NotReady
 from textgen.generation import TextGenerator
@@ -32,12 +33,20 @@ from textgen.startup import check_auth_configured, configure_torch
 
 logger = logging.getLogger("textgen.service")
 settings = get_settings()
+# Resolved before the decorators run: the image bakes in MODEL_TAG of the model `bentoml build` packs.
+MODEL_REF = resolve_model_ref(settings.model_tag)
 
 
 @bentoml.asgi_app(build_routes_app(), path="/")
-@bentoml.service(name="textgen", workers=1, traffic={"timeout": 3600})
+@bentoml.service(
+    name="textgen",
+    workers=1,
+    traffic={"timeout": 3600},
+    image=container_image(),
+    envs=container_envs(str(MODEL_REF.tag)),  # type: ignore[arg-type]
+)
 class TextGeneration:
-    model_ref = resolve_model_ref(settings.model_tag)
+    model_ref = MODEL_REF
 
     def __init__(self) -> None:
         check_auth_configured(settings)
