@@ -6,6 +6,7 @@
 #
 #   sudo scripts/docker_engine.sh              # engine + base image (idempotent)
 #   scripts/docker_engine.sh --engine-only     # engine only (a registry is reachable)
+#   scripts/docker_engine.sh --compose         # also Compose (Debian's docker-compose v1) if missing
 #
 # Env: BASE_IMAGE (default python:3.11-slim), DEBIAN_MIRROR (default: the mirror apt uses),
 #      DOCKERD_LOG (default /tmp/dockerd.log).
@@ -15,7 +16,14 @@ BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 DOCKERD_LOG=${DOCKERD_LOG:-/tmp/dockerd.log}
 SUITE=bookworm # Debian 12 ships Python 3.11, the version the image is pinned to
 engine_only=false
-[[ ${1:-} == --engine-only ]] && engine_only=true
+compose=false
+for arg in "$@"; do
+    case $arg in
+        --engine-only) engine_only=true ;;
+        --compose) compose=true ;;
+        *) echo "usage: $0 [--engine-only] [--compose]" >&2; exit 2 ;;
+    esac
+done
 
 log() { echo "docker_engine: $*" >&2; }
 
@@ -83,3 +91,4 @@ make_base_image() {
 
 start_engine
 $engine_only || make_base_image
+if $compose && ! docker compose version >/dev/null 2>&1; then apt_install docker-compose; fi
