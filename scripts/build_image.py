@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true", help="offline: import DistilGPT-2 with random weights")
     p.add_argument("--model-source", type=Path, default=OFFLINE_MODEL_DIR, help="config+tokenizer folder for that")
     p.add_argument("--torch-source", choices=["wheel", "index"], default="wheel", help="default: %(default)s")
+    p.add_argument("--torch-index", help="find-links page for --torch-source index (default: PyTorch's CPU page)")
     p.add_argument("--torch-wheel", type=Path, default=DEFAULT_WHEEL, help="CPU wheel (default: %(default)s)")
     p.add_argument("--extra-ca", action="append", type=Path, default=[], help="PEM file/folder the image trusts")
     p.add_argument("--tag", help="image tag (default: textgen:<bento version>, also tagged textgen:latest)")
@@ -124,7 +125,8 @@ def stage_wheel(args: argparse.Namespace) -> dict[str, str]:
         if args.torch_source == "index" or stale.name != args.torch_wheel.name:
             stale.unlink()
     if args.torch_source == "index":
-        return {"TEXTGEN_TORCH_SOURCE": "index"}
+        mirror = {"TEXTGEN_TORCH_INDEX": args.torch_index} if args.torch_index else {}
+        return {"TEXTGEN_TORCH_SOURCE": "index", **mirror}
     if not args.torch_wheel.is_file():
         sys.exit(f"error: no torch wheel at {args.torch_wheel} (--torch-wheel PATH, or --torch-source index)")
     folder.mkdir(exist_ok=True)

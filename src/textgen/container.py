@@ -6,6 +6,7 @@
   TEXTGEN_TORCH_SOURCE  `wheel` (default): install the CPU wheel shipped inside the Bento from
                         ./wheels/ (works offline, needs nothing but PyPI);
                         `index`: install torch==VERSION+cpu from the PyTorch CPU index.
+  TEXTGEN_TORCH_INDEX   find-links page for `index` (default: PyTorch's CPU torch page; a mirror of it).
   TEXTGEN_TORCH_WHEEL   file name of that wheel in ./wheels/ (default: CPU torch for CPython 3.11 x86-64).
   TEXTGEN_EXTRA_CA      PEM files or folders of them (`:`-separated) that the image must trust, for
                         TLS-intercepting proxies: pip and uv inside the build fail without them there.
@@ -50,7 +51,7 @@ def torch_requirement(source: str, version: str) -> list[str]:
         return [f"./wheels/{wheel}"]  # relative to the Bento's src/, where bentofile.yaml includes wheels/
     if source == "index":
         # A find-links page, not an index: only torch comes from there, everything else from PyPI.
-        return [f"--find-links {TORCH_CPU_INDEX}", f"torch=={version}+cpu"]
+        return [f"--find-links {os.environ.get('TEXTGEN_TORCH_INDEX', TORCH_CPU_INDEX)}", f"torch=={version}+cpu"]
     raise ValueError(f"TEXTGEN_TORCH_SOURCE must be 'wheel' or 'index', not {source!r}")
 
 
