@@ -25,6 +25,7 @@ from textgen.admission import AdmissionGate
 from textgen.auth import APIKeyMiddleware
 from textgen.body_guard import RequestBodyGuard
 from textgen.config import get_settings
+from textgen.container import container_envs, container_image
 from textgen.error_envelope import ErrorEnvelopeMiddleware
 from textgen.errors import ApiError, NotReady, as_api_error
 from textgen.generation import TextGenerator
@@ -41,12 +42,20 @@ logging.getLogger("textgen").setLevel(logging.INFO)  # model provenance, key-fil
 settings = get_settings()
 if is_serve_command():
     check_auth_configured(settings)
+# Resolved before the decorators run: the image bakes in MODEL_TAG of the model `bentoml build` packs.
+MODEL_REF = resolve_model_ref(settings.model_tag)
 
 
 @bentoml.asgi_app(build_routes_app(), path="/")
-@bentoml.service(name="textgen", workers=1, traffic={"timeout": 3600})
+@bentoml.service(
+    name="textgen",
+    workers=1,
+    traffic={"timeout": 3600},
+    image=container_image(),
+    envs=container_envs(str(MODEL_REF.tag)),  # type: ignore[arg-type]
+)
 class TextGeneration:
-    model_ref = resolve_model_ref(settings.model_tag)
+    model_ref = MODEL_REF
 
     def __init__(self) -> None:
         check_auth_configured(settings)
