@@ -20,20 +20,21 @@ def _busy_cpu_s() -> float:
 
 
 def _tree_cpu_s(pids: list[int]) -> float:
-    """CPU seconds of these processes and all their descendants still alive."""
-    total = 0.0
+    """CPU seconds of these processes and all their live descendants, each counted once."""
+    procs: dict[int, psutil.Process] = {}
     for pid in pids:
         try:
             root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
+            procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
         except psutil.Error:
             continue
-        for proc in procs:
-            try:
-                t = proc.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                continue
+    total = 0.0
+    for proc in procs.values():
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
     return total
 
 

@@ -13,6 +13,7 @@ def plot_levels(levels: Sequence[LevelSummary], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     fig, (tput, lat) = plt.subplots(1, 2, figsize=(11, 4.2))
     concurrency = [lvl.concurrency for lvl in levels]
@@ -37,6 +38,7 @@ def plot_levels(levels: Sequence[LevelSummary], path: Path, title: str) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     lat.set_yscale("log")
+    lat.yaxis.set_major_formatter(ScalarFormatter())  # plain seconds, not 3x10^1
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
