@@ -98,7 +98,7 @@ class Servers:
 
     def get(self, system: SystemName, limit: int) -> RunningServer:
         current = self._running.get(system)
-        if current and current[0] == limit:
+        if current and current[0] == limit and current[2].exit_note() is None:
             return current[2]
         self.stop(system)
         port = free_port()
@@ -146,7 +146,7 @@ def measure_system(args: argparse.Namespace, servers: Servers, system: SystemNam
     print(f"  {system}: {plan.requests} requests at concurrency {concurrency} ...", flush=True)
     with watch_cpu(server.pid) as cpu:
         outcome = asyncio.run(run_load(plan))
-    return summarise_load(
+    result = summarise_load(
         system=system,
         concurrency=concurrency,
         limit=limit,
@@ -158,6 +158,10 @@ def measure_system(args: argparse.Namespace, servers: Servers, system: SystemNam
         duration_s=outcome.duration_s,
         cpu=cpu.result,
     )
+    if note := server.exit_note():
+        print(f"  warning: {note}", flush=True)
+        result.notes.append(note)
+    return result
 
 
 def measure_level(args: argparse.Namespace, servers: Servers, raw_model: RawModel | None, conc: int) -> LevelSummary:
@@ -226,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             report.levels.append(level)
             print("\n" + format_level(level), flush=True)
             _write(report, json_path)  # partial results survive an interrupted run
+            if not args.fixed_limit:  # the next level needs new limits: free the CPU and memory now
+                servers.close()
     finally:
         servers.close()
     report.targets = check_targets(report.levels)

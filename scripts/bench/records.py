@@ -93,6 +93,7 @@ class LoadResult(BaseModel):
     health_failures: int
     ttft_ms: str = "n/a"  # the API does not stream yet
     cpu: CpuShare | None = None
+    notes: list[str] = Field(default_factory=list)
 
 
 class RawResult(BaseModel):

@@ -163,6 +163,7 @@ def format_level(level: LevelSummary) -> str:
         lines.append(raw_row(level.raw))
     lines += ["", format_ratios(level)]
     for r in (level.server, level.baseline):
+        lines += [f"- {r.system}: {note}" for note in (r.notes if r else [])]
         if r is not None and (r.failed or r.wrong_length or r.health_failures):
             lines.append(
                 f"- {r.system}: {r.failed} failed {r.errors or ''}, {r.wrong_length} with the wrong length, "

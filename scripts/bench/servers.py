@@ -35,7 +35,20 @@ class ServerSpec:
 class RunningServer:
     name: str
     base_url: str
-    pid: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exit_note(self) -> str | None:
+        """Why the server is gone, if it is: a run's failures then say so instead of only 'ConnectError'."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        return f"{self.name} process ended during the run ({how}, not stopped by the benchmark); see {self.log}"
 
 
 def free_port() -> int:
@@ -112,6 +125,6 @@ def serve(spec: ServerSpec, port: int, log: Path, startup_timeout_s: float = 180
         try:
             base_url = f"http://{HOST}:{port}"
             _wait_ready(proc, base_url + spec.ready_path, startup_timeout_s, log)
-            yield RunningServer(spec.name, base_url, proc.pid)
+            yield RunningServer(spec.name, base_url, proc, log)
         finally:
             _stop(proc)

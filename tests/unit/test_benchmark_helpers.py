@@ -116,6 +116,9 @@ def test_report_text_has_the_numbers() -> None:
     assert "| server | 5 | 4/4 |" in text
     assert "raw generate (batch 5)" in text
     assert "server/raw tok/s **0.95**" in text
+    assert level.server is not None
+    level.server.notes.append("server process ended during the run (signal 15)")
+    assert "- server: server process ended during the run (signal 15)" in format_level(level)
     overview = format_overview([level, summarise_level(1, None, None, None)])
     assert overview.splitlines()[2].startswith("| 5 | 95.0 | 40.0 | 100.0 | 0.95 | 2.38 |")
     assert overview.splitlines()[3] == "| 1 | - | - | - | - | - | - | - | - |"
