@@ -204,11 +204,19 @@ def prompt_tokens(levels: list[LevelSummary]) -> str:
     return "?"
 
 
+def busiest_others(levels: list[LevelSummary]) -> float:
+    """Most CPU (cores) other processes used during any measurement: how far to trust the numbers."""
+    shares = [run.cpu.others_cores for lvl in levels for run in (lvl.server, lvl.baseline, lvl.raw) if run and run.cpu]
+    return max(shares, default=0.0)
+
+
 def plot_title(report: BenchReport) -> str:
     c, m = report.config, report.machine
+    busy = busiest_others(report.levels)
+    machine = f"{m.cpu_count} CPU cores" + (f", BUSY: others used up to {busy:.1f} cores" if busy > 0.25 else "")
     return (
         f"{c.model_tag} ({c.model_weights} weights), {prompt_tokens(report.levels)}-token prompts, "
-        f"{c.max_new_tokens} new tokens, {m.cpu_count} CPU cores, torch {m.torch_version}"
+        f"{c.max_new_tokens} new tokens, {machine}, torch {m.torch_version}"
     )
 
 
@@ -241,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         plot_levels(report.levels, png_path, plot_title(report))
     print("\n## Overview\n\n" + format_overview(report.levels))
     print("\n## Targets\n\n" + format_targets(report.targets))
+    busy = busiest_others(report.levels)
+    if busy > 0.25:
+        print(f"\nWARNING: other processes used up to {busy:.1f} of {report.machine.cpu_count} cores during the run;")
+        print("the numbers (and the targets) are not representative. Rerun on a quiet machine.")
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 
