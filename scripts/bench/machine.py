@@ -58,6 +58,7 @@ def watch_cpu(server_pid: int | None = None) -> Iterator[CpuWatch]:
     yield watch
     wall = time.monotonic() - t0
     busy, ours = _busy_cpu_s() - busy0, _tree_cpu_s(pids) - ours0
+    ours = max(0.0, ours)  # a server that died mid-block took its CPU time with it
     watch.result = CpuShare(
         wall_s=wall,
         ours_cores=ours / wall if wall else 0.0,
