@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import secrets
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine_info(),
     )
     print(f"load average at start: {report.machine.load_avg_at_start}; results -> {json_path}", flush=True)
+    # Servers run in their own sessions: turn SIGTERM into an exit so the `finally` below still stops them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raw_model = RawModel(args.model_tag) if "raw" in args.systems else None
     servers = Servers(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem)
     try:
