@@ -12,7 +12,7 @@ Reports throughput, end-to-end latency p50/p90/p99, queue wait and /health laten
 the targets, and writes JSON + PNG under bench-results/. Servers run on free 127.0.0.1 ports.
 
     python scripts/benchmark.py --quick                      # smoke run, < 2 min
-    python scripts/benchmark.py                              # levels 1,5,16,32, ~10 min on 2 cores
+    python scripts/benchmark.py                              # levels 1,5,16,32, ~6 min on a quiet 2-core machine
     python scripts/benchmark.py --levels 5 --systems server,raw --rounds 8
 """
 
