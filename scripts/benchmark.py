@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fixed-limit", type=int, help="one admission limit for every level instead of the level")
     p.add_argument("--request-rate", type=float, help="Poisson arrivals per second (default: all at once)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--stream", action="store_true", help="drive our server's /generate_stream: adds TTFT")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every request (default: 30 tokens)")
     p.add_argument("--raw-repeats", type=int, help="timed raw generate calls per batch size (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="short requests sent before each measured run")
@@ -143,6 +144,7 @@ def measure_system(args: argparse.Namespace, servers: Servers, system: SystemNam
         request_timeout_s=args.request_timeout,
         run_timeout_s=args.level_timeout,
         health_interval_s=args.health_interval,
+        stream=args.stream and system == "server",  # the baseline does not stream
     )
     print(f"  {system}: {plan.requests} requests at concurrency {concurrency} ...", flush=True)
     with watch_cpu(server.pid) as cpu:

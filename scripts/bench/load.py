@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class LoadPlan:
     run_timeout_s: float = 1800.0
     health_interval_s: float = 0.1
     seed: int = 0
+    stream: bool = False  # /generate_stream: time to first token is measured too
 
 
 @dataclass
@@ -61,17 +63,42 @@ def arrival_delays(n: int, rate: float | None, seed: int) -> list[float]:
     return delays
 
 
-def _sample_from(response: httpx.Response, latency_s: float) -> RequestSample:
-    if response.status_code != 200:
-        return RequestSample(ok=False, latency_s=latency_s, error=f"HTTP {response.status_code}")
-    body = response.json()
+def _sample_from(status: int, body: dict[str, Any] | None, latency_s: float, ttft_s: float | None) -> RequestSample:
+    if status != 200 or body is None:
+        return RequestSample(ok=False, latency_s=latency_s, error=f"HTTP {status}")
     return RequestSample(
         ok=True,
         latency_s=latency_s,
         prompt_tokens=body["usage"]["prompt_tokens"],
         completion_tokens=body["usage"]["completion_tokens"],
         queue_ms=body.get("timings", {}).get("queue_ms"),
+        ttft_s=ttft_s,
     )
+
+
+async def _post(client: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[int, dict[str, Any] | None, None]:
+    response = await client.post("/generate", json=payload)
+    return response.status_code, response.json() if response.status_code == 200 else None, None
+
+
+async def _post_streaming(
+    client: httpx.AsyncClient, payload: dict[str, Any], started: float
+) -> tuple[int, dict[str, Any] | None, float | None]:
+    """Reads the server-sent events; the first token event gives the time to first token."""
+    first_token_s, done = None, None
+    async with client.stream("POST", "/generate_stream", json=payload) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return response.status_code, None, None
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[len("data: ") :])
+            if event["type"] == "token" and first_token_s is None:
+                first_token_s = time.perf_counter() - started
+            elif event["type"] == "done":
+                done = event
+    return response.status_code, done, first_token_s
 
 
 async def _one_request(
@@ -81,10 +108,13 @@ async def _one_request(
     async with gate:
         started = time.perf_counter()
         try:
-            response = await client.post("/generate", json=plan.payload)
+            if plan.stream:
+                status, body, ttft_s = await _post_streaming(client, plan.payload, started)
+            else:
+                status, body, ttft_s = await _post(client, plan.payload)
         except httpx.HTTPError as exc:
             return RequestSample(ok=False, latency_s=time.perf_counter() - started, error=type(exc).__name__)
-        return _sample_from(response, time.perf_counter() - started)
+        return _sample_from(status, body, time.perf_counter() - started, ttft_s)
 
 
 async def _poll_health(client: httpx.AsyncClient, interval_s: float, stop: asyncio.Event, log: _HealthLog) -> None:

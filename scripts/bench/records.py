@@ -57,6 +57,7 @@ class RequestSample(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     queue_ms: float | None = None  # as the server reports it
+    ttft_s: float | None = None  # streamed requests: until the first token event
     error: str | None = None
 
 
@@ -91,7 +92,7 @@ class LoadResult(BaseModel):
     queue_ms: Distribution
     health_ms: Distribution
     health_failures: int
-    ttft_ms: str = "n/a"  # the API does not stream yet
+    ttft_ms: Distribution | None = Field(None, description="Time to first token; streamed runs only.")
     cpu: CpuShare | None = None
     notes: list[str] = Field(default_factory=list)
 
@@ -197,5 +198,6 @@ def summarise_load(
         queue_ms=Distribution.of([s.queue_ms for s in done if s.queue_ms is not None]),
         health_ms=Distribution.of(health_ms),
         health_failures=health_failures,
+        ttft_ms=Distribution.of(ttft) if (ttft := [s.ttft_s * 1000 for s in done if s.ttft_s is not None]) else None,
         cpu=cpu,
     )

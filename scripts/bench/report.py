@@ -123,7 +123,7 @@ def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
 
 LOAD_HEADER = (
     "| system | limit | ok/sent | req/s | out tok/s | latency p50 / p90 / p99 (s) | queue p50 / p99 (ms) "
-    "| /health p50 / p99 (ms) | TTFT | other procs' CPU (cores) |"
+    "| /health p50 / p99 (ms) | TTFT p50 / p99 (ms) | other procs' CPU (cores) |"
 )
 
 
@@ -138,7 +138,7 @@ def load_row(r: LoadResult) -> str:
         f"{fmt(lat.p50, '.2f')} / {fmt(lat.p90, '.2f')} / {fmt(lat.p99, '.2f')}",
         f"{fmt(queue.p50, '.0f')} / {fmt(queue.p99, '.0f')}",
         f"{fmt(health.p50, '.1f')} / {fmt(health.p99, '.1f')}",
-        r.ttft_ms,
+        f"{fmt(r.ttft_ms.p50, '.0f')} / {fmt(r.ttft_ms.p99, '.0f')}" if r.ttft_ms else "n/a",
         fmt(r.cpu.others_cores if r.cpu else None, ".2f"),
     ]
     return "| " + " | ".join(cells) + " |"

@@ -72,7 +72,25 @@ def test_summarise_load_counts_only_completed_requests() -> None:
     assert result.wrong_length == 1
     assert result.latency_s.p50 == 2.0  # the failed request's 9 s is not a latency
     assert result.health_ms.p50 == 2.0
-    assert result.ttft_ms == "n/a"
+    assert result.ttft_ms is None  # not a streamed run
+
+
+def test_summarise_load_reports_time_to_first_token_of_streamed_requests() -> None:
+    samples = [RequestSample(ok=True, latency_s=2.0, completion_tokens=64, ttft_s=t) for t in (0.1, 0.3)]
+    samples.append(RequestSample(ok=False, latency_s=1.0, ttft_s=5.0, error="HTTP 500"))
+    result = summarise_load(
+        system="server",
+        concurrency=2,
+        limit=2,
+        request_rate=None,
+        max_new_tokens=64,
+        samples=samples,
+        health_ms=[1.0],
+        health_failures=0,
+        duration_s=2.0,
+    )
+    assert result.ttft_ms is not None
+    assert (result.ttft_ms.count, result.ttft_ms.p50) == (2, 200.0)  # failed requests do not count
 
 
 def test_arrival_delays_all_at_once_or_poisson() -> None:
