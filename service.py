@@ -73,7 +73,13 @@ class TextGeneration:
 
     def _load(self) -> None:
         loaded = load_model(self.model_ref, settings.model_device, settings.model_dtype)
-        generator = TextGenerator(loaded, self.gate, settings.max_batch_size or settings.max_concurrency, self.metrics)
+        generator = TextGenerator(
+            loaded,
+            self.gate,
+            self.metrics,
+            max_batch_size=settings.max_batch_size or settings.max_concurrency,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+        )
         generator.start()
         self.openai = OpenAIRoutes(generator)
         self.generator = generator

@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from transformers.generation.streamers import BaseStreamer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from textgen.model_store import LoadedModel, find_model, load_model
@@ -42,7 +43,24 @@ class Output:
     token_ids: list[int]
     finish_reason: FinishReason
     started_at: float
+    first_token_at: float
     finished_at: float
+
+
+class FirstTokenClock(BaseStreamer):
+    """Notes when `generate` produces its first token (its first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first_token_at = 0.0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
 
 
 def generate_kwargs(request: GenerateRequest, pad_token_id: int) -> dict[str, Any]:
@@ -79,12 +97,13 @@ class Baseline:
         kwargs = generate_kwargs(request, self.pad_id)
         if request.stop:
             kwargs.update(stop_strings=request.stop, tokenizer=self.loaded.tokenizer)
-        out = self.loaded.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        clock = FirstTokenClock()
+        out = self.loaded.model.generate(ids, attention_mask=torch.ones_like(ids), streamer=clock, **kwargs)
         new_ids = out[0, len(prompt_ids) :].tolist()
         reason: FinishReason = "length" if len(new_ids) >= request.max_new_tokens else "stop"
         if new_ids and new_ids[-1] == self.eos_id and not request.ignore_eos:
             reason = "eos"
-        return Output(new_ids, reason, started, time.perf_counter())
+        return Output(new_ids, reason, started, clock.first_token_at, time.perf_counter())
 
     def authorised(self, request: Request) -> bool:
         return hmac.compare_digest(request.headers.get("x-api-key", "").encode(), self.api_key)
@@ -128,6 +147,7 @@ class Baseline:
             model=self.loaded.info.tag,
             timings=Timings(
                 queue_ms=(out.started_at - arrived) * 1000,
+                time_to_first_token_ms=(out.first_token_at - arrived) * 1000,
                 inference_ms=(out.finished_at - out.started_at) * 1000,
                 total_ms=(now - arrived) * 1000,
             ),

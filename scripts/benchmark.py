@@ -131,7 +131,8 @@ def measure_system(args: argparse.Namespace, servers: Servers, system: SystemNam
     limit = args.fixed_limit or concurrency
     server = servers.get(system, limit)
     body = payload(args)
-    failed = asyncio.run(warm_up(server.base_url, servers.api_key, body, args.warmup, args.request_timeout))
+    stream = args.stream and system == "server"  # the baseline does not stream
+    failed = asyncio.run(warm_up(server.base_url, servers.api_key, body, args.warmup, args.request_timeout, stream))
     if failed:
         print(f"  warning: {failed} of {args.warmup} warm-up requests failed", flush=True)
     plan = LoadPlan(
@@ -144,7 +145,7 @@ def measure_system(args: argparse.Namespace, servers: Servers, system: SystemNam
         request_timeout_s=args.request_timeout,
         run_timeout_s=args.level_timeout,
         health_interval_s=args.health_interval,
-        stream=args.stream and system == "server",  # the baseline does not stream
+        stream=stream,
     )
     print(f"  {system}: {plan.requests} requests at concurrency {concurrency} ...", flush=True)
     with watch_cpu(server.pid) as cpu:

@@ -157,12 +157,15 @@ async def run_load(plan: LoadPlan) -> LoadOutcome:
     return LoadOutcome(samples, health.latencies_ms, health.failures, duration)
 
 
-async def warm_up(base_url: str, api_key: str, payload: dict[str, Any], count: int, timeout_s: float) -> int:
-    """A few short requests first: the first forward passes pay one-off allocation costs. Returns failures."""
+async def warm_up(
+    base_url: str, api_key: str, payload: dict[str, Any], count: int, timeout_s: float, stream: bool = False
+) -> int:
+    """A few short requests first, on the measured route: first calls pay one-off costs. Returns failures."""
     if count <= 0:
         return 0
     short = {**payload, "max_new_tokens": min(8, int(payload.get("max_new_tokens", 8)))}
+    route = "/generate_stream" if stream else "/generate"
     async with httpx.AsyncClient(base_url=base_url, headers={"x-api-key": api_key}, timeout=timeout_s) as client:
-        calls = (client.post("/generate", json=short) for _ in range(count))
+        calls = (client.post(route, json=short) for _ in range(count))
         results = await asyncio.gather(*calls, return_exceptions=True)
     return sum(1 for r in results if not isinstance(r, httpx.Response) or r.status_code != 200)

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; more get 429.")
     queue_timeout_s: float = Field(60.0, gt=0, description="Longest wait for a slot before 503.")
     max_batch_size: int | None = Field(None, ge=1, description="Rows per forward pass (default: max_concurrency).")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="An idle engine waits this long for a burst.")
 
     # HTTP
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")

@@ -71,10 +71,12 @@ class BatchEngine:
         tokenizer: PreTrainedTokenizerBase,
         max_batch_size: int,
         on_step: Callable[[int], None] | None = None,
+        join_window_s: float = 0.0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.join_window_s = join_window_s
         self.eos_token_id = model.generation_config.eos_token_id or tokenizer.eos_token_id
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         self.device = model.device
@@ -121,9 +123,23 @@ class BatchEngine:
                         self._cond.wait()
                     if self._stopping:
                         break
+                    self._gather_arrivals()
                     joiners = self._take_joiners()
                 self._step(joiners)
         self._fail(self._active + list(self._pending), EngineStopped("the engine shut down"))
+
+    def _gather_arrivals(self) -> None:
+        """An idle engine waits `join_window_s` for more requests, so requests arriving together share one prefill.
+
+        Without it, the first of a burst starts alone and the others join one step later with prefills of their
+        own: the batch then stays out of step and pays a prefill for every request.
+        """
+        deadline = time.monotonic() + self.join_window_s
+        while not self._active and not self._stopping and len(self._pending) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _take_joiners(self) -> list[Job]:
         joiners: list[Job] = []

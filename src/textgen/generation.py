@@ -34,11 +34,20 @@ def _deliver(queue: asyncio.Queue[int | JobResult | BaseException], loop: asynci
 
 
 class TextGenerator:
-    def __init__(self, loaded: LoadedModel, gate: AdmissionGate, max_batch_size: int, metrics: GenerationMetrics):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        gate: AdmissionGate,
+        metrics: GenerationMetrics,
+        max_batch_size: int,
+        batch_wait_s: float = 0.0,
+    ):
         self.loaded = loaded
         self.gate = gate
         self.metrics = metrics
-        self.engine = BatchEngine(loaded.model, loaded.tokenizer, max_batch_size, metrics.batch_size.observe)
+        self.engine = BatchEngine(
+            loaded.model, loaded.tokenizer, max_batch_size, metrics.batch_size.observe, join_window_s=batch_wait_s
+        )
         # No token spans more characters than the longest vocabulary entry: a cheap lower bound on a prompt's
         # token count, so huge prompts are refused without tokenising them.
         self._max_token_chars = max(len(t) for t in loaded.tokenizer.get_vocab())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -159,3 +160,22 @@ def test_a_failing_prefill_fails_only_its_own_jobs(engine, tiny_model):
     with pytest.raises(IndexError):
         run_jobs(engine, [bad])
     assert run_jobs(engine, [good])[0].token_ids == reference_greedy(tiny_model, PROMPTS[0], 8)
+
+
+def test_a_burst_reaching_an_idle_engine_shares_one_prefill(tiny_model):
+    model, tokenizer = tiny_model
+    steps: list[int] = []
+    engine = BatchEngine(model, tokenizer, max_batch_size=5, on_step=steps.append, join_window_s=0.5)
+    engine.start()
+    try:
+        jobs = [job(tokenizer, p, 3) for p in [*PROMPTS, "one more"]]
+        done = threading.Semaphore(0)
+        for j in jobs:
+            j.on_done = lambda _: done.release()
+            engine.submit(j)
+            time.sleep(0.01)  # arrivals a few ms apart, as closed-loop clients send them
+        for _ in jobs:
+            assert done.acquire(timeout=60)
+    finally:
+        engine.stop()
+    assert steps[0] == 5  # one prefill for all five, not 1 + 4
