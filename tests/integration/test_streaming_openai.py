@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from collections.abc import Iterator
 
 import bentoml
 import openai
@@ -127,3 +129,65 @@ def test_a_disconnected_stream_frees_its_slot(server: Server):
     assert other.status_code == 200 and other.json()["usage"]["completion_tokens"] == 20
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert re.search(r'textgen_requests_total\{outcome="(disconnected|cancelled)"\} [1-9]', metrics), metrics
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
+    """The tiny model again, with a chat template, in a store of its own."""
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from tests.integration.conftest import REPO, start_server, stop, wait_ready
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    home = tmp_path_factory.mktemp("chat-store")
+    subprocess.run(
+        [sys.executable, "scripts/import_model.py", "--source", str(folder), "--name", "tiny-chat"],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        check=True,
+        capture_output=True,
+    )
+    log = tmp_path_factory.mktemp("chat-server") / "serve.log"
+    process, url = start_server(home, log, {"MODEL_TAG": "tiny-chat:latest", "API_KEY": API_KEY})
+    try:
+        wait_ready(process, url, log)
+        yield url
+    finally:
+        stop(process)
+
+
+def test_chat_completions_with_a_chat_template(chat_server: str):
+    client = openai.OpenAI(base_url=chat_server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+    prompt = "<|system|>Be brief.\n<|user|>Hello!\n<|assistant|>"
+    reference = client.completions.create(
+        model="tiny-chat", prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
+    chat = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=10, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert chat.object == "chat.completion"
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.choices[0].message.content == reference.choices[0].text
+    assert chat.usage.prompt_tokens == reference.usage.prompt_tokens
+    stream = client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=10, temperature=0, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == reference.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
