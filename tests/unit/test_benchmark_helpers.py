@@ -51,19 +51,23 @@ def _load(system: str = "server", tok_s: float = 100.0, p99: float = 2.0, concur
     )
 
 
-def test_summarise_load_counts_only_completed_requests() -> None:
-    samples = [_sample(1.0), _sample(3.0, tokens=60), RequestSample(ok=False, latency_s=9.0, error="HTTP 503")]
-    result = summarise_load(
+def _summarise_two_second_run(samples: list[RequestSample], health_ms: list[float], health_failures: int):
+    return summarise_load(
         system="server",
         concurrency=2,
         limit=2,
         request_rate=None,
         max_new_tokens=64,
         samples=samples,
-        health_ms=[1.0, 2.0, 3.0],
-        health_failures=1,
+        health_ms=health_ms,
+        health_failures=health_failures,
         duration_s=2.0,
     )
+
+
+def test_summarise_load_counts_only_completed_requests() -> None:
+    samples = [_sample(1.0), _sample(3.0, tokens=60), RequestSample(ok=False, latency_s=9.0, error="HTTP 503")]
+    result = _summarise_two_second_run(samples, health_ms=[1.0, 2.0, 3.0], health_failures=1)
     assert (result.requests, result.completed, result.failed) == (3, 2, 1)
     assert result.errors == {"HTTP 503": 1}
     assert result.total_output_tokens == 124
@@ -78,17 +82,7 @@ def test_summarise_load_counts_only_completed_requests() -> None:
 def test_summarise_load_reports_time_to_first_token_of_streamed_requests() -> None:
     samples = [RequestSample(ok=True, latency_s=2.0, completion_tokens=64, ttft_s=t) for t in (0.1, 0.3)]
     samples.append(RequestSample(ok=False, latency_s=1.0, ttft_s=5.0, error="HTTP 500"))
-    result = summarise_load(
-        system="server",
-        concurrency=2,
-        limit=2,
-        request_rate=None,
-        max_new_tokens=64,
-        samples=samples,
-        health_ms=[1.0],
-        health_failures=0,
-        duration_s=2.0,
-    )
+    result = _summarise_two_second_run(samples, health_ms=[1.0], health_failures=0)
     assert result.ttft_ms is not None
     assert (result.ttft_ms.count, result.ttft_ms.p50) == (2, 200.0)  # failed requests do not count
 
