@@ -110,12 +110,12 @@ class OpenAIRoutes:
 
     async def _respond(self, request: SamplingFields, prompt: str, fmt: ResponseFormat, echo: str = "") -> Response:
         self._check_model(request.model)
-        events = self.generator.stream(request.to_generate(prompt), text_deltas=request.stream)
-        await anext(events)  # admitted: overload and context errors surface here, as HTTP statuses
         rid, created = f"cmpl-{current_request_id()}", int(time.time())
         if not request.stream:
-            result = [e async for e in events if isinstance(e, GenerateResponse)][-1]
+            result = await self.generator.generate(request.to_generate(prompt))
             return JSONResponse(fmt.full(rid, created, self.tag, echo + result.completion, result).model_dump())
+        events = self.generator.stream(request.to_generate(prompt))
+        await anext(events)  # admitted: overload and context errors surface here, as HTTP statuses
 
         async def body() -> AsyncIterator[str]:
             yield sse(fmt.chunk(rid, created, self.tag, echo or None))
