@@ -78,9 +78,9 @@ class TextGenerator:
         job = self._job(request, await self._tokenize(request))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[int | JobResult | BaseException] = asyncio.Queue()
-        job.on_done = _deliver(events, loop)
+        job.on_done = deliver = _deliver(events, loop)
         if text_deltas:
-            job.on_token = _deliver(events, loop)
+            job.on_token = deliver
         deltas = TextDeltas(self.loaded.tokenizer, hold_back=max((len(s) for s in request.stop), default=1) - 1)
         finished = False
         async with self._admission():

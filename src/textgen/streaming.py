@@ -8,6 +8,8 @@ from transformers import PreTrainedTokenizerBase
 class TextDeltas:
     """Turns a growing list of token ids into text pieces; each piece extends what was sent before.
 
+    Each token decodes only a short window of the latest ids (the offsets technique of TGI and vLLM),
+    not the whole completion, so streaming a long completion stays linear on the event loop.
     `hold_back` characters stay unsent until the end, so a stop string that is still being
     generated (it spans tokens) is never streamed before the engine cuts it.
     """
@@ -16,14 +18,21 @@ class TextDeltas:
         self.tokenizer = tokenizer
         self.hold_back = hold_back
         self.token_ids: list[int] = []
+        self.text = ""  # decoded so far
         self.sent = ""
+        self._prefix_offset = 0  # window start: context that makes the next token decode as it would in full
+        self._read_offset = 0  # tokens up to here are already in `text`
 
     def add(self, token_id: int) -> str:
         self.token_ids.append(token_id)
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+        decode = self.tokenizer.decode
+        prefix = decode(self.token_ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        window = decode(self.token_ids[self._prefix_offset :], skip_special_tokens=True)
+        if len(window) <= len(prefix) or window.endswith("\ufffd"):  # a multi-byte character is not complete yet
             return ""
-        return self._send_up_to(text, len(text) - self.hold_back)
+        self.text += window[len(prefix) :]
+        self._prefix_offset, self._read_offset = self._read_offset, len(self.token_ids)
+        return self._send_up_to(self.text, len(self.text) - self.hold_back)
 
     def finish(self, final_text: str) -> str:
         """The rest of the completion, once the engine has its final (stop-cut) text."""

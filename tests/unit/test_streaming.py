@@ -40,3 +40,10 @@ def test_a_stop_string_spanning_tokens_is_never_streamed(tiny_model):
     final = generated[: generated.index(stop)]  # what the engine returns once it sees the stop string
     assert "".join(pieces) + deltas.finish(final) == final
     assert "S" not in "".join(pieces)[len("Answer: forty-two. ") :]
+
+
+def test_pieces_match_a_full_decode_of_long_mixed_text(tiny_model):
+    tokenizer = tiny_model[1]
+    text = ("Ünïcödé 😀😀 and spaces   and\nnew lines, 東京タワー. " * 20).strip()
+    pieces, deltas = stream_pieces(tokenizer, text)
+    assert "".join(pieces) == tokenizer.decode(tokenizer.encode(text)) == deltas.text
