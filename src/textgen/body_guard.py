@@ -21,14 +21,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _is_json(content_type: str | None) -> bool:
-    return content_type is None or content_type.split(";")[0].strip().lower() in ("application/json", "")
-
-
-def _is_form(content_type: str | None) -> bool:
-    return (
-        content_type is not None and content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded"
-    )
+def _media_type(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json`; a missing header counts as JSON."""
+    return "application/json" if content_type is None else content_type.split(";")[0].strip().lower()
 
 
 def _with_json_content_type(scope: Scope) -> Scope:
@@ -69,12 +64,12 @@ class RequestBodyGuard:
                 break
         body = b"".join(chunks)
 
-        content_type = _header(scope, b"content-type")
-        if _is_form(content_type) and body.lstrip().startswith(b"{"):
+        media_type = _media_type(_header(scope, b"content-type"))
+        if media_type == "application/x-www-form-urlencoded" and body.lstrip().startswith(b"{"):
             # `curl -d '{...}'` labels JSON as a form: read it as the JSON it is.
             scope = _with_json_content_type(scope)
-            content_type = "application/json"
-        if body and _is_json(content_type):
+            media_type = "application/json"
+        if body and media_type in ("application/json", ""):
             try:
                 json.loads(body)
             except ValueError as exc:
