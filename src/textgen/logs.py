@@ -15,6 +15,7 @@ from bentoml._internal.context import trace_context
 from bentoml.exceptions import BadInput
 from pydantic import ValidationError
 from pythonjsonlogger.json import JsonFormatter
+from transformers.utils import logging as transformers_logging
 
 from .config import Settings
 from .engine import JOB_REQUEST_ID
@@ -90,4 +91,8 @@ def configure_logging(settings: Settings) -> None:
             handler.addFilter(RedactRequestErrors())
         if settings.log_format == "json":
             handler.setFormatter(JsonLogFormatter())
-    logging.getLogger("textgen").setLevel(logging.DEBUG if settings.log_prompts else logging.INFO)
+    logging.getLogger("textgen").setLevel(logging.INFO)
+    # transformers writes to stderr with a handler of its own: send its records through BentoML's handlers.
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    transformers_logging.disable_progress_bar()  # a weights-loading bar is not a log line
