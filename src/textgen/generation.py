@@ -214,6 +214,8 @@ class TextGenerator:
         self.metrics.requests.labels("ok").inc()
         self.metrics.queue_wait.observe(queue_s)
         self.metrics.latency.observe(inference_s)
+        if inference_s > 0:
+            self.metrics.tokens_per_second.observe(generated / inference_s)
         self.metrics.time_to_first_token.observe(result.first_token_at - arrived)
         if generated > 1:
             self.metrics.inter_token_latency.observe((result.finished_at - result.first_token_at) / (generated - 1))
