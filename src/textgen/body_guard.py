@@ -1,12 +1,13 @@
-"""Reads request bodies up to a size cap (413 past it) and refuses malformed JSON with a 400.
+"""Reads request bodies up to a size cap (413 past it), refuses bodies that are not JSON (415) and malformed
+JSON (400), so every body that reaches BentoML is one JSON object parse away from validation.
 
-BentoML reads any body whole, however large, and answers malformed JSON with a 500.
+BentoML reads any body whole, however large, answers some malformed JSON with a 500 and reads other media
+types as forms (a multipart body without a boundary is a 500). Every POST route of this service takes JSON.
 """
 
 from __future__ import annotations
 
-import json
-
+from pydantic_core import from_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_response
@@ -24,6 +25,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def _media_type(content_type: str | None) -> str:
     """`application/json; charset=utf-8` -> `application/json`; a missing header counts as JSON."""
     return "application/json" if content_type is None else content_type.split(";")[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type in ("application/json", "") or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 def _with_json_content_type(scope: Scope) -> Scope:
@@ -69,12 +76,17 @@ class RequestBodyGuard:
             # `curl -d '{...}'` labels JSON as a form: read it as the JSON it is.
             scope = _with_json_content_type(scope)
             media_type = "application/json"
-        if body and media_type in ("application/json", ""):
+        if not _is_json(media_type):
+            message = f"request body must be JSON (Content-Type: application/json), not {media_type}"
+            await error_response(415, "unsupported_media_type", message)(scope, receive, send)
+            return
+        if body:
             try:
-                json.loads(body)
+                # BentoML's own parser, strict: RFC 8259 has no NaN or Infinity (Python's json takes them), and a
+                # depth limit (Python's json raises RecursionError on deep nesting, which hung the request).
+                from_json(body, allow_inf_nan=False)
             except ValueError as exc:
-                reason = exc.args[0] if isinstance(exc, json.JSONDecodeError) else "body is not valid UTF-8"
-                await error_response(400, "invalid_json", f"request body is not valid JSON: {reason}")(
+                await error_response(400, "invalid_json", f"request body is not valid JSON: {exc}")(
                     scope, receive, send
                 )
                 return

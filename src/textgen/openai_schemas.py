@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from .schemas import (
     GenerateRequest,
@@ -23,7 +23,7 @@ OpenAIFinishReason = Literal["stop", "length"]
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(BaseModel):
@@ -36,7 +36,7 @@ class SamplingFields(BaseModel):
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     n: Literal[1] = Field(1, description="Only one choice per request is supported.")
-    stream: bool = False
+    stream: StrictBool = False  # strict like the shared fields in schemas.py: "false" is not False
     stream_options: StreamOptions | None = None
     stop: StopStrings | str | None = None
     seed: Seed = None
@@ -68,7 +68,7 @@ class SamplingFields(BaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = Field(..., description="One prompt (a one-item list is accepted).")
-    echo: bool = Field(False, description="Put the prompt before the completion.")
+    echo: StrictBool = Field(False, description="Put the prompt before the completion.")
 
     @field_validator("prompt", mode="after")
     @classmethod

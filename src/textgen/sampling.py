@@ -59,9 +59,11 @@ def select_tokens(
     seen: torch.Tensor | None,
 ) -> torch.Tensor:
     """Pick one next token per row from float32 `logits` [rows, vocab]."""
+    finfo = torch.finfo(logits.dtype)
     if seen is not None:
         penalties = torch.tensor([p.repetition_penalty for p in params], dtype=logits.dtype)
-        logits = apply_repetition_penalty(logits, seen, penalties)
+        # A valid but tiny penalty (5e-324 is 0 in float32) sends seen logits to inf: keep every logit finite.
+        logits = apply_repetition_penalty(logits, seen, penalties).clamp(finfo.min, finfo.max)
     tokens = logits.argmax(dim=-1)
     sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
     if not sampled_rows:
@@ -69,7 +71,10 @@ def select_tokens(
 
     rows = torch.tensor(sampled_rows)
     temperatures = torch.tensor([params[i].temperature for i in sampled_rows], dtype=logits.dtype)
-    scaled = logits[rows] / temperatures.unsqueeze(1)
+    # Shift each row's best logit to 0 before dividing: a tiny temperature (any > 0 is valid, and may be 0 in
+    # float32) then sends the others to -inf, never the best one to inf, so softmax cannot make NaN from inf - inf.
+    picked = logits[rows]
+    scaled = (picked - picked.amax(dim=-1, keepdim=True)) / temperatures.clamp(min=finfo.tiny).unsqueeze(1)
     order = None
     if any(params[i].top_k > 0 or params[i].top_p < 1.0 for i in sampled_rows):
         scaled, order = scaled.sort(dim=-1, descending=True)

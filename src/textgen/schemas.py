@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 FinishReason = Literal["length", "stop", "eos"]
 
@@ -12,13 +12,19 @@ MAX_STOP_STRINGS = 4
 
 
 # Field types shared by /generate and the OpenAI-compatible routes, so their bounds cannot drift apart.
-MaxNewTokens = Annotated[int, Field(ge=1, le=100_000, description="Tokens to generate (prompt + this <= context).")]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy decoding.")]
-TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
-TopK = Annotated[int, Field(ge=0, le=100_000, description="0 disables top-k filtering.")]
-RepetitionPenalty = Annotated[float, Field(gt=0.0, le=10.0, allow_inf_nan=False)]
-Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Makes sampling reproducible.")]
-IgnoreEos = Annotated[bool, Field(description="Keep generating past end-of-sequence (benchmarks).")]
+# Strict: a string, a bool or 2.0 for a number is the client's bug, not something to coerce ("5" tokens, true
+# as 1 token); JSON integers still count as floats.
+MaxNewTokens = Annotated[
+    int, Strict(), Field(ge=1, le=100_000, description="Tokens to generate (prompt + this <= context).")
+]
+Temperature = Annotated[
+    float, Strict(), Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy decoding.")
+]
+TopP = Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+TopK = Annotated[int, Strict(), Field(ge=0, le=100_000, description="0 disables top-k filtering.")]
+RepetitionPenalty = Annotated[float, Strict(), Field(gt=0.0, le=10.0, allow_inf_nan=False)]
+Seed = Annotated[int | None, Strict(), Field(ge=0, le=2**63 - 1, description="Makes sampling reproducible.")]
+IgnoreEos = Annotated[bool, Strict(), Field(description="Keep generating past end-of-sequence (benchmarks).")]
 
 
 def check_stop_strings(stops: list[str]) -> list[str]:

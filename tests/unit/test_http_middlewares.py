@@ -131,6 +131,43 @@ def test_malformed_json_and_invalid_utf8_get_400(client):
     assert_error(client.post("/echo", content=b'{"a":"\xff"}', headers=headers), 400, "invalid_json")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"temperature": NaN}',  # Python's json takes these literals; RFC 8259 does not
+        b'{"temperature": Infinity}',
+        b'{"temperature": -Infinity}',
+        b'{"stop": ' + b"[" * 2000 + b"]" * 2000 + b"}",  # Python's json raised RecursionError: no response
+        b'\xef\xbb\xbf{"prompt": "x"}',  # a byte order mark
+        '{"prompt": "x"}'.encode("utf-16"),
+        b'{"prompt": "\\ud800"}',  # a lone surrogate cannot become text
+    ],
+    ids=["nan", "infinity", "-infinity", "deep-nesting", "bom", "utf-16", "lone-surrogate"],
+)
+def test_json_that_bentoml_cannot_parse_gets_400_invalid_json(body: bytes):
+    client = make_client(Settings(api_key=KEY, _env_file=None), max_bytes=65536)
+    headers = {"x-api-key": KEY, "content-type": "application/json"}
+    assert_error(client.post("/echo", content=body, headers=headers), 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "text/plain; charset=utf-8", "multipart/form-data", "application/xml", "application/octet-stream"],
+)
+def test_bodies_that_are_not_json_get_415(client, content_type: str):
+    headers = {"x-api-key": KEY, "content-type": content_type}
+    error = assert_error(
+        client.post("/echo", content=b'{"prompt": "x"}', headers=headers), 415, "unsupported_media_type"
+    )
+    assert "application/json" in error["message"]
+
+
+def test_json_media_types_pass(client):
+    for content_type in ("application/json; charset=utf-8", "APPLICATION/JSON", "application/merge-patch+json"):
+        headers = {"x-api-key": KEY, "content-type": content_type}
+        assert client.post("/echo", content=b'{"a": 1e400}', headers=headers).json() == {"len": 12}
+
+
 def test_bentoml_validation_errors_are_reshaped_with_the_field(client):
     error = assert_error(client.post("/invalid", json={}, headers={"x-api-key": KEY}), 400, "validation_error")
     assert error["field"] == "max_new_tokens"

@@ -64,3 +64,21 @@ def test_a_row_seed_fixes_its_samples_whatever_the_other_rows_do():
         return int(select_tokens(logits.clone(), params, gens, None)[0])
 
     assert len({sample() for _ in range(10)}) == 1
+
+
+def test_extreme_but_valid_parameters_never_make_nan_probabilities():
+    """Found by fuzzing: temperature or repetition_penalty 5e-324 (0 in float32) crashed the whole prefill."""
+    torch.manual_seed(3)
+    logits = torch.randn(4, VOCAB) * 5
+    logits[3] = -logits[3].abs() - 1  # every logit negative
+    seen = torch.zeros(4, VOCAB, dtype=torch.bool)
+    seen[:, :10] = True
+    params = [
+        SamplingParams(temperature=5e-324),
+        SamplingParams(temperature=2.0, repetition_penalty=5e-324),
+        SamplingParams(temperature=1e-30, repetition_penalty=1e-40, top_p=5e-324),
+        SamplingParams(temperature=5e-324, repetition_penalty=5e-324, top_k=3),
+    ]
+    tokens = select_tokens(logits.clone(), params, [make_generator(i) for i in range(4)], seen)
+    assert tokens[0] == logits[0].argmax()  # a vanishing temperature is greedy
+    assert all(0 <= int(t) < VOCAB for t in tokens)

@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from textgen.config import DEFAULT_OPEN_PATHS, Settings
+from textgen.openai_schemas import CompletionRequest
 from textgen.schemas import GenerateRequest
 from textgen.startup import AuthNotConfigured, check_auth_configured
 
@@ -51,6 +52,32 @@ def test_defaults_are_secure_and_documented():
 def test_out_of_bounds_requests_are_refused(bad):
     with pytest.raises(ValidationError):
         GenerateRequest.model_validate(bad)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"prompt": "x", "max_new_tokens": "5"}',
+        '{"prompt": "x", "max_new_tokens": true}',
+        '{"prompt": "x", "max_new_tokens": 2.0}',
+        '{"prompt": "x", "temperature": "0.5"}',
+        '{"prompt": "x", "seed": "7"}',
+        '{"prompt": "x", "ignore_eos": "false"}',
+        '{"prompt": "x", "ignore_eos": 0}',
+    ],
+)
+def test_wrong_json_types_are_refused_not_coerced(body: str):
+    with pytest.raises(ValidationError):
+        GenerateRequest.model_validate_json(body)
+    with pytest.raises(ValidationError):
+        CompletionRequest.model_validate_json(body.replace("max_new_tokens", "max_tokens"))
+
+
+def test_openai_flags_are_strict_booleans_and_integers_still_count_as_floats():
+    for body in ('{"prompt": "x", "stream": "false"}', '{"prompt": "x", "echo": 1}'):
+        with pytest.raises(ValidationError):
+            CompletionRequest.model_validate_json(body)
+    assert GenerateRequest.model_validate_json('{"prompt": "x", "temperature": 0, "top_p": 1}').temperature == 0.0
 
 
 def test_only_prompt_is_required():
