@@ -5,7 +5,6 @@ The parts live in `src/textgen/`; this class only wires them together.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -26,9 +25,11 @@ from textgen.auth import APIKeyMiddleware
 from textgen.body_guard import RequestBodyGuard
 from textgen.config import get_settings
 from textgen.container import container_envs, container_image
+from textgen.disconnect import cancel_on_disconnect
 from textgen.error_envelope import ErrorEnvelopeMiddleware
 from textgen.errors import ApiError, NotReady, as_api_error
 from textgen.generation import TextGenerator
+from textgen.logs import configure_logging
 from textgen.metrics import get_metrics
 from textgen.model_store import load_model, resolve_model_ref
 from textgen.openai_api import OpenAIRoutes
@@ -38,9 +39,9 @@ from textgen.schemas import GenerateRequest, GenerateResponse, HealthResponse, M
 from textgen.sse import generate_events
 from textgen.startup import check_auth_configured, configure_torch, is_serve_command
 
-logging.getLogger("textgen").setLevel(logging.INFO)  # model provenance, key-file reloads, auth warnings
 settings = get_settings()
 if is_serve_command():
+    configure_logging(settings)
     check_auth_configured(settings)
 # Resolved before the decorators run: the image bakes in MODEL_TAG of the model `bentoml build` packs.
 MODEL_REF = resolve_model_ref(settings.model_tag)
@@ -58,6 +59,7 @@ class TextGeneration:
     model_ref = MODEL_REF
 
     def __init__(self) -> None:
+        configure_logging(settings)
         check_auth_configured(settings)
         configure_torch(settings)
         self.metrics = get_metrics()
@@ -79,6 +81,8 @@ class TextGeneration:
             self.metrics,
             max_batch_size=settings.max_batch_size or settings.max_concurrency,
             batch_wait_s=settings.batch_wait_ms / 1000,
+            fault_marker=settings.fault_injection_marker,
+            log_prompts=settings.log_prompts,
         )
         generator.start()
         self.openai = OpenAIRoutes(generator)
@@ -98,18 +102,18 @@ class TextGeneration:
             raise NotReady("the model is still loading", headers={"Retry-After": "2"})
         return self.generator, self.openai
 
-    async def _answer(self, handler: Callable[[], Awaitable[Any]]) -> Any:
+    async def _answer(self, ctx: bentoml.Context, handler: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            return await handler()
+            return await cancel_on_disconnect(ctx.request, handler())
         except (ApiError, ValidationError) as exc:
-            return as_api_error(exc).to_response()
+            return _refuse(ctx, exc)
 
     # BentoML validates bodies against a copy of each input_spec that lacks model-level validators
     # (one prompt per completion, say): validate again with the real model.
     @bentoml.api(input_spec=GenerateRequest)
-    async def generate(self, **params: Any) -> GenerateResponse:
+    async def generate(self, ctx: bentoml.Context, **params: Any) -> GenerateResponse:
         """Continue `prompt`; requests close together share forward passes."""
-        return await self._answer(lambda: self._ready()[0].generate(GenerateRequest.model_validate(params)))
+        return await self._answer(ctx, lambda: self._ready()[0].generate(GenerateRequest.model_validate(params)))
 
     @bentoml.api(input_spec=GenerateRequest)
     async def generate_stream(self, ctx: bentoml.Context, **params: Any) -> AsyncGenerator[str, None]:
@@ -118,23 +122,20 @@ class TextGeneration:
             events = self._ready()[0].stream(GenerateRequest.model_validate(params))
             await anext(events)  # admitted: refusals before this point keep their HTTP status
         except (ApiError, ValidationError) as exc:
-            error = as_api_error(exc)
-            ctx.response.status_code = error.status
-            ctx.response.headers.update(error.headers)
-            yield error.to_response().body.decode()
+            yield _refuse(ctx, exc).body.decode()
             return
         async for chunk in generate_events(events):
             yield chunk
 
     @bentoml.api(route="/v1/completions", input_spec=CompletionRequest)
-    async def v1_completions(self, **params: Any) -> Completion:
+    async def v1_completions(self, ctx: bentoml.Context, **params: Any) -> Completion:
         """OpenAI-compatible completions (`stream: true` for server-sent events)."""
-        return await self._answer(lambda: self._ready()[1].completions(CompletionRequest.model_validate(params)))
+        return await self._answer(ctx, lambda: self._ready()[1].completions(CompletionRequest.model_validate(params)))
 
     @bentoml.api(route="/v1/chat/completions", input_spec=ChatCompletionRequest)
-    async def v1_chat_completions(self, **params: Any) -> ChatCompletion:
+    async def v1_chat_completions(self, ctx: bentoml.Context, **params: Any) -> ChatCompletion:
         """OpenAI-compatible chat completions; 400 for a model without a chat template."""
-        return await self._answer(lambda: self._ready()[1].chat(ChatCompletionRequest.model_validate(params)))
+        return await self._answer(ctx, lambda: self._ready()[1].chat(ChatCompletionRequest.model_validate(params)))
 
     def health(self) -> HealthResponse:
         return HealthResponse(
@@ -149,6 +150,14 @@ class TextGeneration:
 
     def model_list(self) -> ModelList | Response:
         return self.openai.models() if self.openai else NotReady("the model is still loading").to_response()
+
+
+def _refuse(ctx: bentoml.Context, exc: ApiError | ValidationError) -> Response:
+    """The error response; BentoML takes the status and headers of an API with a context from the context."""
+    error = as_api_error(exc)
+    ctx.response.status_code = error.status
+    ctx.response.headers.update(error.headers)
+    return error.to_response()
 
 
 # First added is outermost: errors are normalised last, auth runs before any body is read.

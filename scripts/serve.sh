@@ -41,4 +41,6 @@ else
   echo "==> serving $MODEL_TAG"
 fi
 echo "==> http://127.0.0.1:$PORT  (try: curl -H \"x-api-key: \$(cat .api-key)\" -d '{\"prompt\": \"Hello\"}' http://127.0.0.1:$PORT/generate)"
-exec bentoml serve service:TextGeneration --host "${HOST:-0.0.0.0}" --port "$PORT"
+# On SIGTERM (Ctrl-C) in-flight and queued requests finish first, for at most SHUTDOWN_TIMEOUT_S seconds.
+exec bentoml serve service:TextGeneration --host "${HOST:-0.0.0.0}" --port "$PORT" \
+  --timeout-graceful-shutdown "${SHUTDOWN_TIMEOUT_S:-120}"

@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     # HTTP
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
 
+    # Logs
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line.")
+    log_prompts: bool = Field(False, description="Debug only: log each request's prompt and completion.")
+
+    # Testing
+    fault_injection_marker: str = Field(
+        "", description="Tests and soak runs only: requests whose prompt starts with this fail mid-generation."
+    )
+
     @field_validator("api_keys", "auth_open_paths", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

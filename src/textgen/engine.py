@@ -3,6 +3,10 @@
 One background thread owns the model. Before every decoding step, waiting jobs
 are prefilled and join the batch; a job that finishes leaves it at once, so a
 short request never waits for a long one and finished rows cost nothing.
+
+A failure fails only the job that causes it: when a shared forward pass raises,
+the batch is thrown away and every job is recomputed alone from its tokens so
+far (recompute, as vLLM does on preemption); the ones that fail alone fail.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +26,9 @@ from .sampling import SamplingParams, make_generator, select_tokens
 from .schemas import FinishReason
 
 logger = logging.getLogger(__name__)
+# Log lines of the engine thread name their request with `extra={JOB_REQUEST_ID: job.request_id}`:
+# BentoML's request context does not reach this thread.
+JOB_REQUEST_ID = "job_request_id"
 
 
 class EngineStopped(RuntimeError):
@@ -53,9 +60,11 @@ class Job:
     ignore_eos: bool = False
     on_done: Callable[[JobResult | BaseException], None] = lambda _: None
     on_token: Callable[[int], None] | None = None  # for streaming; called from the engine thread
+    request_id: str = ""  # for log lines written on the engine thread
     # Set by the engine thread.
     output_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
+    done: bool = False  # on_done has been called
     started_at: float = 0.0
     first_token_at: float = 0.0
     generator: torch.Generator | None = None
@@ -72,6 +81,7 @@ class BatchEngine:
         max_batch_size: int,
         on_step: Callable[[int], None] | None = None,
         join_window_s: float = 0.0,
+        before_forward: Callable[[Sequence[Job]], None] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -82,6 +92,7 @@ class BatchEngine:
         self.device = model.device
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self._on_step = on_step or (lambda _: None)
+        self._before_forward = before_forward or (lambda _: None)  # fault injection hook (tests, soak runs)
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
         self._batch: PaddedBatch | None = None
@@ -146,39 +157,47 @@ class BatchEngine:
         while self._pending and len(self._active) + len(joiners) < self.max_batch_size:
             job = self._pending.popleft()
             if job.cancelled:
-                job.on_done(JobCancelled("cancelled while waiting"))
+                self._finish(job, JobCancelled("cancelled while waiting"))
             else:
                 joiners.append(job)
         return joiners
 
     def _step(self, joiners: list[Job]) -> None:
-        if joiners:
-            try:
+        try:
+            if joiners:
                 self._prefill(joiners)
-            except Exception as exc:  # a bad prompt fails its own joiners, never the running batch
-                logger.exception("prefill failed for %d job(s)", len(joiners))
-                self._fail(joiners, exc)
-        if self._active:
-            try:
+            if self._active:
                 self._decode()
-            except Exception as exc:
-                logger.exception("decode step failed; failing %d running job(s)", len(self._active))
-                self._fail(self._active, exc)
-                self._active, self._batch = [], None
+        except Exception:
+            # The pass failed as a whole, so it cannot say whose fault it was: recompute each job alone.
+            involved = [job for job in dict.fromkeys([*self._active, *joiners]) if not job.done]
+            logger.exception("a batched forward pass failed; recomputing its %d job(s) one by one", len(involved))
+            self._active, self._batch = [], None
+            for job in involved:
+                try:
+                    self._prefill([job])
+                except Exception as exc:
+                    self._log_failure(job, exc)
+                    self._finish(job, exc)
 
     def _prefill(self, jobs: list[Job]) -> None:
+        """Prefill new jobs (and pick their first token), or rebuild the cache of running ones after a failure."""
+        self._before_forward(jobs)
         now = time.perf_counter()
-        width = max(len(j.prompt_ids) for j in jobs)
+        # A running job's context is everything but its last token, which the next decode step feeds.
+        contexts = [job.prompt_ids + job.output_ids[:-1] for job in jobs]
+        width = max(len(c) for c in contexts)
         ids = torch.full((len(jobs), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, job in enumerate(jobs):
-            ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            mask[row, width - len(job.prompt_ids) :] = 1
-            job.started_at = now
-            job.generator = make_generator(job.sampling.seed)
-            if job.sampling.repetition_penalty != 1.0:
-                job.seen = torch.zeros(self.vocab_size, dtype=torch.bool)
-                job.seen[job.prompt_ids] = True
+        for row, (job, context) in enumerate(zip(jobs, contexts, strict=True)):
+            ids[row, width - len(context) :] = torch.tensor(context)
+            mask[row, width - len(context) :] = 1
+            if not job.output_ids:
+                job.started_at = now
+                job.generator = make_generator(job.sampling.seed)
+                if job.sampling.repetition_penalty != 1.0:
+                    job.seen = torch.zeros(self.vocab_size, dtype=torch.bool)
+                    job.seen[job.prompt_ids] = True
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(
             input_ids=ids.to(self.device),
@@ -189,7 +208,9 @@ class BatchEngine:
         )
         batch = PaddedBatch(out.past_key_values, mask.to(self.device))
         self._on_step(len(jobs))
-        survivors = self._advance(jobs, out.logits[:, -1])
+        new = [row for row, job in enumerate(jobs) if not job.output_ids]
+        finished = set(self._advance([jobs[row] for row in new], out.logits[new, -1]))
+        survivors = [row for row, job in enumerate(jobs) if job not in finished]
         batch.keep(survivors)
         if not survivors:
             return
@@ -197,11 +218,12 @@ class BatchEngine:
             self._batch = batch
         else:
             self._batch.extend(batch)
-        self._active.extend(jobs[i] for i in survivors)
+        self._active.extend(jobs[row] for row in survivors)
 
     def _decode(self) -> None:
         batch = self._batch
         assert batch is not None
+        self._before_forward(self._active)
         positions = batch.next_positions()
         ids = torch.tensor([[job.output_ids[-1]] for job in self._active], device=self.device)
         out = self.model(
@@ -212,40 +234,63 @@ class BatchEngine:
             use_cache=True,
         )
         self._on_step(len(self._active))
-        survivors = self._advance(self._active, out.logits[:, -1])
-        if len(survivors) < len(self._active):
-            self._active = [self._active[i] for i in survivors]
+        finished = set(self._advance(self._active, out.logits[:, -1]))
+        if finished:
+            survivors = [row for row, job in enumerate(self._active) if job not in finished]
+            self._active = [self._active[row] for row in survivors]
             if survivors:
                 batch.keep(survivors)
             else:
                 self._batch = None
 
-    def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
-        """Pick each job's next token; finish jobs that are done. Returns the rows still running."""
+    def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[Job]:
+        """Pick each job's next token and finish the jobs that are done (or fail). Returns the finished jobs.
+
+        Never raises: a job whose token selection or bookkeeping fails is finished with that error alone.
+        """
+        finished: list[Job] = []
+        for job, token in zip(jobs, self._select(jobs, logits.float().cpu()), strict=True):
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                job.output_ids.append(token)
+                if len(job.output_ids) == 1:
+                    job.first_token_at = time.perf_counter()
+                if job.seen is not None:
+                    job.seen[token] = True
+                if job.cancelled:
+                    raise JobCancelled("cancelled")
+                result = self._finished(job, token)
+                if result is None and job.on_token is not None:
+                    job.on_token(token)
+            except Exception as exc:
+                if not isinstance(exc, JobCancelled):
+                    self._log_failure(job, exc)
+                result = exc
+            if result is not None:
+                self._finish(job, result)  # the last token arrives with the final (stop-cut) text, not on its own
+                finished.append(job)
+        return finished
+
+    def _select(self, jobs: list[Job], logits: torch.Tensor) -> list[int | Exception]:
+        """Next token per row, in one batched call; if that fails, row by row so only the bad rows fail."""
+        try:
+            return self._select_rows(jobs, logits)  # type: ignore[return-value]
+        except Exception:
+            logger.warning("batched token selection failed; selecting row by row", exc_info=True)
+        picked: list[int | Exception] = []
+        for row, job in enumerate(jobs):
+            try:
+                picked.extend(self._select_rows([job], logits[row : row + 1]))
+            except Exception as exc:
+                picked.append(exc)
+        return picked
+
+    def _select_rows(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
         seen = None
         if any(job.seen is not None for job in jobs):
             seen = torch.stack([job.seen if job.seen is not None else self._no_tokens() for job in jobs])
-        tokens = select_tokens(
-            logits.float().cpu(), [j.sampling for j in jobs], [j.generator for j in jobs], seen
-        ).tolist()
-        survivors = []
-        for row, (job, token) in enumerate(zip(jobs, tokens, strict=True)):
-            job.output_ids.append(token)
-            if len(job.output_ids) == 1:
-                job.first_token_at = time.perf_counter()
-            if job.seen is not None:
-                job.seen[token] = True
-            if job.cancelled:
-                job.on_done(JobCancelled("cancelled"))
-                continue
-            result = self._finished(job, token)
-            if result is not None:
-                job.on_done(result)  # the last token arrives with the final (stop-cut) text, not on its own
-                continue
-            survivors.append(row)
-            if job.on_token is not None:
-                job.on_token(token)
-        return survivors
+        return select_tokens(logits, [j.sampling for j in jobs], [j.generator for j in jobs], seen).tolist()
 
     def _no_tokens(self) -> torch.Tensor:
         return torch.zeros(self.vocab_size, dtype=torch.bool)
@@ -271,6 +316,13 @@ class BatchEngine:
     def _decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def _log_failure(self, job: Job, exc: Exception) -> None:
+        logger.error("generation failed: %r", exc, extra={JOB_REQUEST_ID: job.request_id})
+
+    def _finish(self, job: Job, outcome: JobResult | BaseException) -> None:
+        job.done = True
+        job.on_done(outcome)
+
     def _fail(self, jobs: list[Job], exc: BaseException) -> None:
         for job in jobs:
-            job.on_done(exc)
+            self._finish(job, exc)

@@ -75,6 +75,22 @@ class NotReady(ApiError):
     status, type = 503, "model_not_ready"
 
 
+class ShuttingDown(ApiError):
+    status, type = 503, "shutting_down"
+
+
+class GenerationFailed(ApiError):
+    """The model failed on this request; the other requests of its batch carry on."""
+
+    status, type = 500, "generation_failed"
+
+
+class ClientDisconnected(ApiError):
+    """The client went away before the answer; the status only reaches the access log (nginx's 499)."""
+
+    status, type = 499, "client_disconnected"
+
+
 def error_body(
     error_type: str, message: str, request_id: str | None = None, field: str | None = None
 ) -> dict[str, object]:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from .admission import AdmissionGate, QueueFull, QueueTimeout
-from .engine import BatchEngine, Job, JobResult
-from .errors import ContextTooLong, Overloaded, QueueTimedOut
+from .engine import BatchEngine, EngineStopped, Job, JobResult
+from .errors import ContextTooLong, GenerationFailed, Overloaded, QueueTimedOut, ShuttingDown, current_request_id
+from .faults import FaultInjector
 from .metrics import GenerationMetrics
 from .model_store import LoadedModel
 from .sampling import SamplingParams
 from .schemas import GenerateRequest, GenerateResponse, Timings, Usage
 from .streaming import TextDeltas
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +37,13 @@ def _deliver(queue: asyncio.Queue[int | JobResult | BaseException], loop: asynci
     return lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
 
 
+def _as_api_error(failure: BaseException) -> ShuttingDown | GenerationFailed:
+    """What the client hears of a failed job: no internals (the engine has logged them with the request id)."""
+    if isinstance(failure, EngineStopped):
+        return ShuttingDown("the server is shutting down", headers={"Retry-After": "5"})
+    return GenerationFailed("generation failed for this request; the server log has the details under its request_id")
+
+
 class TextGenerator:
     def __init__(
         self,
@@ -41,13 +52,25 @@ class TextGenerator:
         metrics: GenerationMetrics,
         max_batch_size: int,
         batch_wait_s: float = 0.0,
+        fault_marker: str = "",
+        log_prompts: bool = False,
     ):
         self.loaded = loaded
+        self.log_prompts = log_prompts
         self.gate = gate
         self.metrics = metrics
         self.engine = BatchEngine(
-            loaded.model, loaded.tokenizer, max_batch_size, metrics.batch_size.observe, join_window_s=batch_wait_s
+            loaded.model,
+            loaded.tokenizer,
+            max_batch_size,
+            metrics.batch_size.observe,
+            join_window_s=batch_wait_s,
+            before_forward=FaultInjector.for_marker(fault_marker, loaded.tokenizer) if fault_marker else None,
         )
+        if fault_marker:
+            logger.warning("FAULT_INJECTION_MARKER is set: prompts starting with it fail on purpose (testing only)")
+        if log_prompts:
+            logger.warning("LOG_PROMPTS=true: prompts and completions go to the log (debugging only)")
         # No token spans more characters than the longest vocabulary entry: a cheap lower bound on a prompt's
         # token count, so huge prompts are refused without tokenising them.
         self._max_token_chars = max(len(t) for t in loaded.tokenizer.get_vocab())
@@ -90,12 +113,14 @@ class TextGenerator:
                 while True:
                     event = await events.get()
                     if isinstance(event, BaseException):
-                        raise event
+                        raise _as_api_error(event) from event
                     if isinstance(event, int):
                         if piece := deltas.add(event):
                             yield TextDelta(piece)
                         continue
                     finished = True
+                    if self.log_prompts:
+                        logger.info("completed", extra={"prompt": request.prompt, "completion": event.text})
                     if text_deltas and (rest := deltas.finish(event.text)):
                         yield TextDelta(rest)
                     yield self._response(request, job.prompt_ids, event, arrived)
@@ -147,6 +172,7 @@ class TextGenerator:
             ),
             stop=tuple(request.stop),
             ignore_eos=request.ignore_eos,
+            request_id=current_request_id(),
         )
 
     async def _tokenize(self, request: GenerateRequest) -> list[int]:
@@ -188,6 +214,8 @@ class TextGenerator:
         self.metrics.requests.labels("ok").inc()
         self.metrics.queue_wait.observe(queue_s)
         self.metrics.latency.observe(inference_s)
+        if inference_s > 0:
+            self.metrics.tokens_per_second.observe(generated / inference_s)
         self.metrics.time_to_first_token.observe(result.first_token_at - arrived)
         if generated > 1:
             self.metrics.inter_token_latency.observe((result.finished_at - result.first_token_at) / (generated - 1))

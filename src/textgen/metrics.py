@@ -7,6 +7,7 @@ from functools import lru_cache
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class GenerationMetrics:
@@ -26,6 +27,11 @@ class GenerationMetrics:
         )
         self.inter_token_latency = Histogram(
             "textgen_inter_token_latency_seconds", "Mean gap between a request's tokens.", buckets=ITL_BUCKETS
+        )
+        self.tokens_per_second = Histogram(
+            "textgen_generation_tokens_per_second",
+            "A request's generated tokens over its generation time.",
+            buckets=RATE_BUCKETS,
         )
         self.batch_size = Histogram("textgen_batch_size", "Rows per forward pass.", buckets=BATCH_BUCKETS)
         self.prompt_tokens = Counter("textgen_prompt_tokens", "Prompt tokens of finished generations.")

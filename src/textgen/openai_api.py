@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
@@ -10,7 +9,7 @@ from typing import Protocol
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .errors import ApiError, InvalidRequest, current_request_id, error_body
+from .errors import ApiError, InvalidRequest, current_request_id
 from .generation import TextDelta, TextGenerator
 from .openai_schemas import (
     ChatChoice,
@@ -26,9 +25,7 @@ from .openai_schemas import (
     SamplingFields,
 )
 from .schemas import FinishReason, GenerateResponse, Usage
-from .sse import STREAM_FAILED, sse
-
-logger = logging.getLogger(__name__)
+from .sse import sse, stream_error
 
 FINISH_REASONS: dict[FinishReason, OpenAIFinishReason] = {"length": "length", "stop": "stop", "eos": "stop"}
 
@@ -127,9 +124,8 @@ class OpenAIRoutes:
                         yield sse(fmt.chunk(rid, created, self.tag, "", FINISH_REASONS[event.finish_reason]))
                         if request.include_usage:
                             yield sse(fmt.usage_chunk(rid, created, self.tag, event.usage))
-            except Exception:  # headers are sent: the error can only be an event
-                logger.exception("streamed generation failed")
-                yield sse(error_body("internal_error", STREAM_FAILED))
+            except Exception as exc:
+                yield sse(stream_error(exc))
                 return
             finally:
                 await events.aclose()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
 
-from .errors import error_body
+from .errors import ApiError, error_body
 from .generation import TextDelta
 from .schemas import GenerateResponse
 
@@ -26,6 +26,14 @@ def sse(data: BaseModel | dict | str) -> str:
     return f"data: {data}\n\n"
 
 
+def stream_error(exc: Exception) -> dict[str, object]:
+    """The body of an in-stream error event: once headers are sent, an error can only be an event."""
+    if isinstance(exc, ApiError):
+        return error_body(exc.type, exc.message)
+    logger.exception("streamed generation failed")
+    return error_body("internal_error", STREAM_FAILED)
+
+
 async def generate_events(events: AsyncIterator[object]) -> AsyncIterator[str]:
     """`{"type": "token", "text"}` per piece, then `{"type": "done", ...the /generate response}`."""
     try:
@@ -34,6 +42,5 @@ async def generate_events(events: AsyncIterator[object]) -> AsyncIterator[str]:
                 yield sse({"type": "token", "text": event.text})
             elif isinstance(event, GenerateResponse):
                 yield sse({"type": "done", **event.model_dump()})
-    except Exception:  # headers are sent: the error can only be an event
-        logger.exception("streamed generation failed")
-        yield sse({"type": "error", **error_body("internal_error", STREAM_FAILED)})
+    except Exception as exc:
+        yield sse({"type": "error", **stream_error(exc)})

@@ -19,6 +19,7 @@ from tests.conftest import REPO
 API_KEY = "test-key-0123456789"
 FILE_KEY = "file-key-abcdef"
 MODEL_NAME = "tiny-gpt2"
+FAULT_MARKER = "__inject_fault__"  # prompts starting with it fail mid-generation (see textgen.faults)
 
 
 def free_port() -> int:
@@ -40,7 +41,8 @@ class Server:
 
     def post(self, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
         headers = {"x-api-key": key} if key else {}
-        return requests.post(self.url + path, headers=headers | kwargs.pop("headers", {}), timeout=120, **kwargs)
+        kwargs.setdefault("timeout", 120)
+        return requests.post(self.url + path, headers=headers | kwargs.pop("headers", {}), **kwargs)
 
     def get(self, path: str, key: str | None = API_KEY, **kwargs) -> requests.Response:
         headers = {"x-api-key": key} if key else {}
@@ -48,6 +50,23 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_idle(self, timeout: float = 15) -> dict:
+        """Wait until no generation holds a slot; returns the admission snapshot from /health."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            load = self.get("/health", key=None).json()["generations"]
+            if load["running"] == 0:
+                return load
+            time.sleep(0.1)
+        raise AssertionError(f"slot not freed: {load}")
+
+    def wait_running(self, count: int, timeout: float = 30) -> None:
+        """Wait until `count` generations hold slots (the requests are in the engine)."""
+        deadline = time.monotonic() + timeout
+        while self.get("/health", key=None).json()["generations"]["running"] < count:
+            assert time.monotonic() < deadline, f"{count} generations never ran at once"
+            time.sleep(0.05)
 
 
 def start_server(store_home: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
@@ -125,6 +144,7 @@ def server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MAX_QUEUE": "8",
         "QUEUE_TIMEOUT_S": "600",  # a busy CI machine must not turn waiting into 503s
         "MAX_BODY_BYTES": "65536",
+        "FAULT_INJECTION_MARKER": FAULT_MARKER,
     }
     process, url = start_server(store_home, log, env)
     try:

@@ -105,16 +105,6 @@ def test_openai_models_and_errors(server: Server, oai: openai.OpenAI):
         bad_key.completions.create(model=models[0].id, prompt="x", max_tokens=1)
 
 
-def wait_until_idle(server: Server, timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        load = server.get("/health", key=None).json()["generations"]
-        if load["running"] == 0:
-            return load
-        time.sleep(0.1)
-    raise AssertionError(f"slot not freed: {load}")
-
-
 def test_a_disconnected_stream_frees_its_slot(server: Server):
     long_run = {**GREEDY, "max_new_tokens": 900}
     response = server.post("/generate_stream", json=long_run, stream=True)
@@ -123,7 +113,7 @@ def test_a_disconnected_stream_frees_its_slot(server: Server):
     assert server.get("/health", key=None).json()["generations"]["running"] == 1
     response.close()  # the client goes away mid-generation
     started = time.monotonic()
-    wait_until_idle(server)
+    server.wait_idle()
     assert time.monotonic() - started < 10
     other = server.post("/generate", json=GREEDY)  # others are unaffected
     assert other.status_code == 200 and other.json()["usage"]["completion_tokens"] == 20

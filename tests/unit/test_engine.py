@@ -8,7 +8,9 @@ import time
 import pytest
 import torch
 
+from textgen import engine as engine_module
 from textgen.engine import BatchEngine, Job, JobResult
+from textgen.faults import FaultInjector, InjectedFault
 from textgen.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -29,7 +31,8 @@ def engine(tiny_model):
     engine.stop()
 
 
-def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[JobResult]:
+def run_outcomes(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[JobResult | BaseException]:
+    """Submit the jobs together (they share forward passes) and wait for each one's result or error."""
     done = [threading.Event() for _ in jobs]
     results: list[JobResult | BaseException | None] = [None] * len(jobs)
     for i, job in enumerate(jobs):
@@ -42,6 +45,11 @@ def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[
         engine.submit(job)
     for event in done:
         assert event.wait(timeout), "a job never finished"
+    return results  # type: ignore[return-value]
+
+
+def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[JobResult]:
+    results = run_outcomes(engine, jobs, timeout)
     for r in results:
         if isinstance(r, BaseException):
             raise r
@@ -153,13 +161,69 @@ def test_cancelled_job_leaves_the_batch(engine, tiny_model):
     assert engine.active_rows == 0
 
 
-def test_a_failing_prefill_fails_only_its_own_jobs(engine, tiny_model):
+@pytest.fixture
+def faulty_engine(tiny_model):
+    """An engine that fails any forward pass holding a job whose prompt starts with MARKER, after 3 tokens."""
+    model, tokenizer = tiny_model
+    steps: list[int] = []
+    injector = FaultInjector.for_marker(MARKER, tokenizer)
+    engine = BatchEngine(
+        model, tokenizer, max_batch_size=8, on_step=steps.append, join_window_s=0.3, before_forward=injector
+    )
+    engine.start()
+    yield engine, steps, injector
+    engine.stop()
+
+
+MARKER = "__inject_fault__"
+
+
+def test_a_failing_decode_step_fails_only_the_faulty_job(faulty_engine, tiny_model):
+    engine, steps, injector = faulty_engine
+    tokenizer = tiny_model[1]
+    seeded = SamplingParams(temperature=1.0, top_k=50, repetition_penalty=1.2, seed=7)
+    alone = run_jobs(engine, [job(tokenizer, "Once upon a time", 12, seeded)])[0].token_ids
+    steps.clear()
+    faulty = job(tokenizer, MARKER + " hello", 20)
+    jobs = [*(job(tokenizer, p, 12) for p in PROMPTS), faulty, job(tokenizer, "Once upon a time", 12, seeded)]
+    outcomes = run_outcomes(engine, jobs)
+    assert steps[0] == len(jobs)  # they did share the batch the fault broke
+    assert isinstance(outcomes[4], InjectedFault)
+    assert len(faulty.output_ids) == injector.after_tokens
+    for outcome, prompt in zip(outcomes[:4], PROMPTS, strict=True):  # recomputed rows lose nothing
+        assert outcome.token_ids == reference_greedy(tiny_model, prompt, 12)
+    assert outcomes[5].token_ids == alone  # a seeded sample survives the recompute unchanged
+    assert engine.active_rows == 0
+
+
+def test_a_failing_prefill_fails_only_its_own_job(faulty_engine, tiny_model, caplog):
+    engine, _, _ = faulty_engine
     tokenizer = tiny_model[1]
     bad = Job([10**9], 4, GREEDY)  # token id outside the vocabulary: the forward pass raises
-    good = job(tokenizer, PROMPTS[0], 8)
-    with pytest.raises(IndexError):
-        run_jobs(engine, [bad])
-    assert run_jobs(engine, [good])[0].token_ids == reference_greedy(tiny_model, PROMPTS[0], 8)
+    outcomes = run_outcomes(engine, [job(tokenizer, PROMPTS[0], 8), bad, job(tokenizer, PROMPTS[1], 8)])
+    assert "recomputing its 3 job(s)" in caplog.text  # they shared the prefill that failed
+    assert isinstance(outcomes[1], IndexError)
+    assert outcomes[0].token_ids == reference_greedy(tiny_model, PROMPTS[0], 8)
+    assert outcomes[2].token_ids == reference_greedy(tiny_model, PROMPTS[1], 8)
+
+
+def test_a_failing_token_selection_or_callback_fails_only_its_row(engine, tiny_model, monkeypatch):
+    tokenizer = tiny_model[1]
+    real_select = engine_module.select_tokens
+
+    def select_failing_for_seed_13(logits, params, generators, seen):
+        if any(p.seed == 13 for p in params):
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_select(logits, params, generators, seen)
+
+    monkeypatch.setattr(engine_module, "select_tokens", select_failing_for_seed_13)
+    bad_sampling = job(tokenizer, PROMPTS[0], 8, SamplingParams(seed=13))
+    bad_callback = job(tokenizer, PROMPTS[1], 8)
+    bad_callback.on_token = lambda _: 1 / 0  # e.g. a streaming consumer that fails
+    outcomes = run_outcomes(engine, [bad_sampling, job(tokenizer, PROMPTS[2], 8), bad_callback])
+    assert isinstance(outcomes[0], RuntimeError)
+    assert isinstance(outcomes[2], ZeroDivisionError)
+    assert outcomes[1].token_ids == reference_greedy(tiny_model, PROMPTS[2], 8)
 
 
 def test_a_burst_reaching_an_idle_engine_shares_one_prefill(tiny_model):
