@@ -79,7 +79,7 @@ def build_request(kind: Kind, rng: random.Random, plan: SoakPlan) -> tuple[str, 
     """Route and body. `ignore_eos` fixes every length, so a short answer shows up as an error."""
     prompt = rng.choice(PROMPTS)
     if kind in ("fault", "fault_stream"):
-        prompt = f"{plan.fault_marker}{prompt}"
+        prompt = f"{plan.fault_marker} {prompt}"
     body = {
         "prompt": prompt,
         "max_new_tokens": rng.randint(*plan.max_new_tokens),

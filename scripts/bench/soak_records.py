@@ -2,7 +2,8 @@
 
 Outcomes, per request the client sent:
   ok            200 with a whole response of the requested length (`ignore_eos`), or a stream ending in `done`
-  rejected      429 `overloaded` / 503 `queue_timeout`|`model_not_ready`, structured body and `Retry-After`
+  rejected      429 `overloaded` / 503 `queue_timeout`|`model_not_ready`|`shutting_down`, structured body
+                and `Retry-After`
   disconnected  the client left on purpose: closed a stream after its first token, or gave up on /generate
   fault_failed  a fault-injected request failed as designed: 500 (or an in-stream error) `generation_failed`
   error         a complete answer that is wrong: another status, an unstructured error body, a success of
@@ -40,7 +41,7 @@ DEFAULT_MIX: dict[Kind, float] = {
 }
 REJECTIONS: dict[int, frozenset[str]] = {
     429: frozenset({"overloaded"}),
-    503: frozenset({"queue_timeout", "model_not_ready"}),
+    503: frozenset({"queue_timeout", "model_not_ready", "shutting_down"}),
 }
 FAULT_ERROR_TYPE = "generation_failed"
 # A minute of steady load should not grow the server: 10 % of its resident size allows allocator and cache
