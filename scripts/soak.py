@@ -34,7 +34,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench.load import warm_up
-from bench.machine import machine_info, tree_rss_bytes, watch_cpu
+from bench.machine import busy_warning, machine_info, tree_rss_bytes, watch_cpu
 from bench.records import Distribution
 from bench.report import format_targets
 from bench.servers import HOST, REPO_ROOT, batched_server_spec, ensure_random_model, free_port, serve
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(report.model_dump_json(indent=2))
     print("\n" + format_soak(report) + "\n\n" + format_targets(report.checks))
+    if report.cpu and (warning := busy_warning(report.cpu.others_cores, report.machine.cpu_count)):
+        print("\n" + warning)
     print(f"\n{'PASSED' if report.passed else 'FAILED'}; wrote {json_path}")
     return 0 if report.passed else 1
 

@@ -54,6 +54,19 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+# Other processes using more than this many cores make a run's timings unrepresentative.
+BUSY_OTHERS_CORES = 0.25
+
+
+def busy_warning(others_cores: float, cpu_count: int) -> str | None:
+    if others_cores <= BUSY_OTHERS_CORES:
+        return None
+    return (
+        f"WARNING: other processes used up to {others_cores:.1f} of {cpu_count} cores during the run;\n"
+        "the numbers (and the targets) are not representative. Rerun on a quiet machine."
+    )
+
+
 class CpuWatch:
     """Filled in when its `watch` block ends."""
 

@@ -264,16 +264,14 @@ class HealthProbe:
 
 
 class RssSampler:
-    """The server tree's RSS once a second, for the peak; `before`/`after` are taken by the caller."""
+    """The server tree's RSS once a second under load; `before`/`after` are taken by the caller."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.peak = 0
+        self.samples: list[int] = []
 
-    def sample(self) -> int:
-        rss = tree_rss_bytes(self.pid)
-        self.peak = max(self.peak, rss)
-        return rss
+    def sample(self) -> None:
+        self.samples.append(tree_rss_bytes(self.pid))
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         while not stop.is_set():
@@ -282,7 +280,9 @@ class RssSampler:
                 await asyncio.wait_for(stop.wait(), interval_s)
 
     def memory(self, before: int, after: int) -> Memory:
-        return Memory(before_mib=before / MIB, peak_mib=max(self.peak, after) / MIB, after_mib=after / MIB)
+        during = [round(rss / MIB, 1) for rss in self.samples]
+        peak = max([*during, after / MIB])
+        return Memory(before_mib=before / MIB, peak_mib=peak, after_mib=after / MIB, during_mib=during)
 
 
 def wait_slots_free(base_url: str, timeout_s: float) -> tuple[float | None, dict[str, int]]:
