@@ -23,6 +23,7 @@ import httpx
 from .load import HealthLog, poll_health
 from .machine import tree_rss_bytes
 from .soak_records import (
+    FAULT_KINDS,
     STREAM_KINDS,
     Attempt,
     Kind,
@@ -78,7 +79,7 @@ class _Run:
 def build_request(kind: Kind, rng: random.Random, plan: SoakPlan) -> tuple[str, dict[str, Any]]:
     """Route and body. `ignore_eos` fixes every length, so a short answer shows up as an error."""
     prompt = rng.choice(PROMPTS)
-    if kind in ("fault", "fault_stream"):
+    if kind in FAULT_KINDS:
         prompt = f"{plan.fault_marker} {prompt}"
     body = {
         "prompt": prompt,
@@ -134,9 +135,10 @@ async def _stream(run: _Run, kind: Kind, body: dict[str, Any]) -> Answer:
                 return Answer(Verdict("error", "stream event not JSON"), 200)
             if kind == "disconnect_stream" and event.get("type") == "token":
                 return Answer(Verdict("disconnected", "closed after the first token"), 200)  # closes the connection
+            if last is not None:  # read on to the end: the stream must close right after its last event
+                return Answer(Verdict("error", f"{event.get('type')} event after {last.get('type')}"), 200)
             if event.get("type") in ("done", "error"):
                 last = event
-                break
     return Answer(classify_stream_end(kind, last, body["max_new_tokens"]), 200)
 
 

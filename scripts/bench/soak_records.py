@@ -129,9 +129,9 @@ def _failure(kind: Kind, status: int | str, body: object) -> Verdict:
     etype = error_type(body)
     if etype is None:
         return Verdict("error", f"{status}: body not in the error shape")
-    expected_status = "stream" if kind in STREAM_KINDS else 500
-    if etype == FAULT_ERROR_TYPE and kind in FAULT_KINDS and status == expected_status:
-        return Verdict("fault_failed")
+    if etype == FAULT_ERROR_TYPE and kind in FAULT_KINDS:
+        expected = "stream" if kind in STREAM_KINDS else 500
+        return Verdict("fault_failed") if status == expected else Verdict("error", f"fault failed as {status}")
     if etype == FAULT_ERROR_TYPE:
         return Verdict("error", f"{status} {etype} on a request without the fault marker")
     return Verdict("error", f"{status} {etype}")

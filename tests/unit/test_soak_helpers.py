@@ -44,6 +44,7 @@ DONE = {"completion": " x", "usage": {"completion_tokens": 16}}
         ("generate", 503, err("internal_error"), "1", "error"),
         ("fault", 500, err("generation_failed"), None, "fault_failed"),
         ("fault", 200, DONE, None, "error"),  # the fault did not fire
+        ("fault_stream", 500, err("generation_failed"), None, "error"),  # a stream must fail in-stream, after 200
         ("generate", 500, err("generation_failed"), None, "error"),  # someone else's fault leaked
         ("generate", 500, {"error": {"type": "internal_error", "message": "m"}}, None, "error"),  # no request_id
     ],
