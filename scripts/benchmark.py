@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench.load import LoadPlan, run_load, warm_up
-from bench.machine import machine_info, watch_cpu
+from bench.machine import BUSY_OTHERS_CORES, busy_warning, machine_info, watch_cpu
 from bench.plot import plot_levels
 from bench.raw import RawModel
 from bench.records import BenchConfig, BenchReport, LevelSummary, LoadResult, RawResult, SystemName, summarise_load
@@ -217,7 +217,9 @@ def busiest_others(levels: list[LevelSummary]) -> float:
 def plot_title(report: BenchReport) -> str:
     c, m = report.config, report.machine
     busy = busiest_others(report.levels)
-    machine = f"{m.cpu_count} CPU cores" + (f", BUSY: others used up to {busy:.1f} cores" if busy > 0.25 else "")
+    machine = f"{m.cpu_count} CPU cores"
+    if busy > BUSY_OTHERS_CORES:
+        machine += f", BUSY: others used up to {busy:.1f} cores"
     return (
         f"{c.model_tag} ({c.model_weights} weights), {prompt_tokens(report.levels)}-token prompts, "
         f"{c.max_new_tokens} new tokens, {machine}, torch {m.torch_version}"
@@ -255,10 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_levels(report.levels, png_path, plot_title(report))
     print("\n## Overview\n\n" + format_overview(report.levels))
     print("\n## Targets\n\n" + format_targets(report.targets))
-    busy = busiest_others(report.levels)
-    if busy > 0.25:
-        print(f"\nWARNING: other processes used up to {busy:.1f} of {report.machine.cpu_count} cores during the run;")
-        print("the numbers (and the targets) are not representative. Rerun on a quiet machine.")
+    if warning := busy_warning(busiest_others(report.levels), report.machine.cpu_count):
+        print("\n" + warning)
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ class LoadOutcome:
 
 
 @dataclass
-class _HealthLog:
+class HealthLog:
     latencies_ms: list[float] = field(default_factory=list)
     failures: int = 0
 
@@ -117,13 +118,23 @@ async def _one_request(
         return _sample_from(status, body, time.perf_counter() - started, ttft_s)
 
 
-async def _poll_health(client: httpx.AsyncClient, interval_s: float, stop: asyncio.Event, log: _HealthLog) -> None:
+async def poll_health(
+    client: httpx.AsyncClient,
+    interval_s: float,
+    stop: asyncio.Event,
+    log: HealthLog,
+    observe: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """GET /health every `interval_s` until `stop`; `observe` sees each 200 body (the soak tracks the slots)."""
     # Its own client and connection: a pool busy with /generate calls must not delay the probe.
     while not stop.is_set() and len(log.latencies_ms) < MAX_HEALTH_POLLS:
         started = time.perf_counter()
         try:
-            ok = (await client.get("/health")).status_code == 200
-        except httpx.HTTPError:
+            response = await client.get("/health")
+            ok = response.status_code == 200
+            if ok and observe is not None:
+                observe(response.json())
+        except (httpx.HTTPError, ValueError):
             ok = False
         # A failed or timed-out probe still counts with the time it took, so p99 shows it.
         log.latencies_ms.append((time.perf_counter() - started) * 1000)
@@ -137,12 +148,12 @@ async def run_load(plan: LoadPlan) -> LoadOutcome:
     limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
     timeout = httpx.Timeout(plan.request_timeout_s, connect=10.0)
     gate = asyncio.Semaphore(plan.concurrency)
-    stop, health = asyncio.Event(), _HealthLog()
+    stop, health = asyncio.Event(), HealthLog()
     async with (
         httpx.AsyncClient(base_url=plan.base_url, headers=headers, limits=limits, timeout=timeout) as client,
         httpx.AsyncClient(base_url=plan.base_url, timeout=5.0) as health_client,
     ):
-        poller = asyncio.create_task(_poll_health(health_client, plan.health_interval_s, stop, health))
+        poller = asyncio.create_task(poll_health(health_client, plan.health_interval_s, stop, health))
         delays = arrival_delays(plan.requests, plan.request_rate, plan.seed)
         tasks = [asyncio.create_task(_one_request(client, plan, gate, d)) for d in delays]
         started = time.perf_counter()

@@ -19,8 +19,8 @@ def _busy_cpu_s() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _tree_cpu_s(pids: list[int]) -> float:
-    """CPU seconds of these processes and all their live descendants, each counted once."""
+def _process_trees(pids: list[int]) -> list[psutil.Process]:
+    """These processes and all their live descendants, each once."""
     procs: dict[int, psutil.Process] = {}
     for pid in pids:
         try:
@@ -28,14 +28,43 @@ def _tree_cpu_s(pids: list[int]) -> float:
             procs.update({p.pid: p for p in [root, *root.children(recursive=True)]})
         except psutil.Error:
             continue
+    return list(procs.values())
+
+
+def _tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of these processes and all their live descendants, each counted once."""
     total = 0.0
-    for proc in procs.values():
+    for proc in _process_trees(pids):
         try:
             t = proc.cpu_times()
             total += t.user + t.system
         except psutil.Error:
             continue
     return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its live descendants (`bentoml serve` runs the model in a child)."""
+    total = 0
+    for proc in _process_trees([pid]):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+# Other processes using more than this many cores make a run's timings unrepresentative.
+BUSY_OTHERS_CORES = 0.25
+
+
+def busy_warning(others_cores: float, cpu_count: int) -> str | None:
+    if others_cores <= BUSY_OTHERS_CORES:
+        return None
+    return (
+        f"WARNING: other processes used up to {others_cores:.1f} of {cpu_count} cores during the run;\n"
+        "the numbers (and the targets) are not representative. Rerun on a quiet machine."
+    )
 
 
 class CpuWatch:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
+RANDOM_MODEL_NAME = "distilgpt2-random"  # what `import_model.py --random-weights` stores
 
 
 class ServerFailed(RuntimeError):
@@ -63,7 +64,15 @@ def _bentoml_cli() -> str:
     return str(candidate) if candidate.exists() else "bentoml"
 
 
-def batched_server_spec(port: int, model_tag: str, api_key: str, limit: int, request_timeout_s: float) -> ServerSpec:
+def batched_server_spec(
+    port: int,
+    model_tag: str,
+    api_key: str,
+    limit: int,
+    request_timeout_s: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> ServerSpec:
+    """`extra_env` overrides or adds settings (the soak sets its own queue bounds and a fault marker)."""
     env = {
         "MODEL_TAG": model_tag,
         "API_KEY": api_key,
@@ -72,6 +81,7 @@ def batched_server_spec(port: int, model_tag: str, api_key: str, limit: int, req
         "MAX_QUEUE": str(max(64, 4 * limit)),  # the load generator never queues more than it sends
         "QUEUE_TIMEOUT_S": str(request_timeout_s),
         "BENTOML_DO_NOT_TRACK": "true",
+        **(extra_env or {}),
     }
     argv = [_bentoml_cli(), "serve", "service:TextGeneration", "--host", HOST, "--port", str(port)]
     return ServerSpec("server", argv, env, "/readyz")
@@ -82,6 +92,26 @@ def baseline_server_spec(port: int, model_tag: str, api_key: str, limit: int) ->
     argv = [sys.executable, script, "--host", HOST, "--port", str(port), "--model-tag", model_tag]
     argv += ["--max-concurrency", str(limit)]
     return ServerSpec("baseline", argv, {"API_KEY": api_key}, "/health")
+
+
+def ensure_random_model(model_tag: str) -> None:
+    """Import DistilGPT-2's architecture with random weights (the project's script) if the store lacks it.
+
+    Only the script's own random-weight tag can be made here; any other tag must already be in the store.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(model_tag)
+        return
+    except NotFound:
+        pass
+    if model_tag not in (RANDOM_MODEL_NAME, f"{RANDOM_MODEL_NAME}:latest"):
+        raise ServerFailed(f"{model_tag} is not in the model store; import it with scripts/import_model.py")
+    source = os.environ.get("OFFLINE_MODEL_DIR", str(REPO_ROOT.parent / "shared/models/distilgpt2-no-weights"))
+    script = str(REPO_ROOT / "scripts" / "import_model.py")
+    subprocess.run([sys.executable, script, "--source", source, "--random-weights"], cwd=REPO_ROOT, check=True)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float, log: Path) -> None:
