@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from pydantic import ValidationError
 
+from textgen import bentoml_fixes
 from textgen.admission import AdmissionGate
 from textgen.auth import APIKeyMiddleware
 from textgen.body_guard import RequestBodyGuard
@@ -37,8 +38,9 @@ from textgen.openai_schemas import ChatCompletion, ChatCompletionRequest, Comple
 from textgen.routes import build_routes_app
 from textgen.schemas import GenerateRequest, GenerateResponse, HealthResponse, ModelInfo
 from textgen.sse import generate_events
-from textgen.startup import check_auth_configured, configure_torch, is_serve_command
+from textgen.startup import check_auth_configured, configure_torch, freeze_startup_objects, is_serve_command
 
+bentoml_fixes.apply()
 settings = get_settings()
 if is_serve_command():
     configure_logging(settings)
@@ -51,7 +53,7 @@ MODEL_REF = resolve_model_ref(settings.model_tag)
 @bentoml.service(
     name="textgen",
     workers=1,
-    traffic={"timeout": 3600},
+    traffic={"timeout": 3600},  # first byte; each request is bounded by QUEUE_TIMEOUT_S and its tokens
     image=container_image(),
     envs=container_envs(str(MODEL_REF.tag)),  # type: ignore[arg-type]
 )
@@ -88,6 +90,7 @@ class TextGeneration:
         self.openai = OpenAIRoutes(generator)
         self.generator = generator
         self.metrics.model_loaded.set(1)
+        freeze_startup_objects()
 
     def __is_ready__(self) -> bool:
         return self.generator is not None

@@ -56,7 +56,7 @@ class SoakPlan:
     request_timeout_s: float
     max_new_tokens: tuple[int, int] = (16, 32)
     leave_after_s: tuple[float, float] = (0.2, 3.0)  # a disconnecting /generate client's patience
-    backoff_cap_s: float = 5.0
+    backoff_cap_s: float = 60.0  # as the server says: it estimates when its queue will have drained
     max_requests: int = 200_000  # a hard cap besides the deadline
     seed: int = 0
 

@@ -7,6 +7,8 @@ waiting lives here. The queue is bounded in length and in time.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,10 @@ class QueueTimeout(Exception):
     """No slot came free within the wait limit."""
 
 
+HOLD_SMOOTHING = 0.2  # weight of the latest slot hold time in the running mean
+MAX_RETRY_AFTER_S = 60
+
+
 class AdmissionGate:
     def __init__(self, limit: int, max_queue: int, timeout_s: float) -> None:
         self.limit = limit
@@ -29,6 +35,18 @@ class AdmissionGate:
         self.timeout_s = timeout_s
         self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._mean_hold_s: float | None = None  # how long a request keeps its slot, smoothed
+
+    def retry_after_s(self) -> int:
+        """When a refused client should come back: about when the queue ahead of it will have drained.
+
+        A fixed 1 s brings every refused client back at once, over and over; under a flood their rejections then
+        crowd the event loop that also answers /health and feeds the engine.
+        """
+        if self._mean_hold_s is None:
+            return 1
+        drain_s = (self.waiting + 1) * self._mean_hold_s / self.limit
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(drain_s)))
 
     @property
     def waiting(self) -> int:
@@ -40,10 +58,16 @@ class AdmissionGate:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         await self._acquire()
+        admitted = time.monotonic()
         try:
             yield
         finally:
             self._release()
+            self._observe_hold(time.monotonic() - admitted)
+
+    def _observe_hold(self, held_s: float) -> None:
+        previous = self._mean_hold_s
+        self._mean_hold_s = held_s if previous is None else previous + HOLD_SMOOTHING * (held_s - previous)
 
     async def _acquire(self) -> None:
         if self.running < self.limit and not self.waiting:

@@ -149,12 +149,13 @@ class TextGenerator:
             self.metrics.requests.labels("rejected_queue_full").inc()
             raise Overloaded(
                 f"all {self.gate.limit} generation slots are busy and {self.gate.max_queue} requests are waiting",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": str(self.gate.retry_after_s())},
             ) from None
         except QueueTimeout:
             self.metrics.requests.labels("rejected_queue_timeout").inc()
             raise QueueTimedOut(
-                f"no generation slot came free within {self.gate.timeout_s:g} s", headers={"Retry-After": "5"}
+                f"no generation slot came free within {self.gate.timeout_s:g} s",
+                headers={"Retry-After": str(self.gate.retry_after_s())},
             ) from None
         finally:
             self._observe_load()

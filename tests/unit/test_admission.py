@@ -102,3 +102,28 @@ def test_a_cancelled_waiter_leaves_the_queue():
         return gate.running
 
     assert run(scenario()) == 0
+
+
+def test_retry_after_estimates_when_the_queue_ahead_will_have_drained():
+    async def scenario():
+        gate = AdmissionGate(limit=5, max_queue=64, timeout_s=5)
+        assert gate.retry_after_s() == 1  # nothing measured yet
+        async with gate.slot():
+            await asyncio.sleep(0.3)
+        assert gate.retry_after_s() == 1  # an empty queue drains at once
+        hold = asyncio.Event()
+
+        async def occupant():
+            async with gate.slot():
+                await hold.wait()
+
+        held = [asyncio.create_task(occupant()) for _ in range(5 + 40)]  # 5 running, 40 waiting
+        await asyncio.sleep(0.05)
+        estimate = gate.retry_after_s()
+        hold.set()
+        await asyncio.gather(*held)
+        return estimate
+
+    # 41 requests ahead of a newcomer (40 waiting and itself), 0.3 s each (a little more on a busy machine),
+    # 5 at a time: 2.5 s, rounded up
+    assert run(scenario()) in (3, 4)
