@@ -39,7 +39,8 @@ class RedactRequestErrors(logging.Filter):
             problems = type(error).__name__
         else:
             return True
-        record.msg, record.args = f"rejected bad request: {record.getMessage()}: %s", (problems,)
+        said = record.getMessage().replace("%", "%%")  # a path may hold "%": keep it out of the formatting
+        record.msg, record.args = f"rejected bad request: {said}: %s", (problems,)
         record.exc_info = record.exc_text = None
         record.levelno, record.levelname = logging.INFO, "INFO"
         return True

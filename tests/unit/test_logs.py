@@ -31,12 +31,12 @@ def test_a_validation_traceback_becomes_one_line_without_the_input():
     try:
         Body.model_validate({"prompt": "SECRET PROMPT", "temperature": "SECRET VALUE"})
     except ValidationError as exc:
-        rec = record("bentoml._internal.server.http_app", "Exception on %s [%s]", "/generate", "POST", exc=exc)
+        rec = record("bentoml._internal.server.http_app", "Exception on %s [%s]", "/generate%20", "POST", exc=exc)
     assert RedactRequestErrors().filter(rec)
     line = formatted(rec)
     assert "SECRET" not in json.dumps(line)
     assert line["level"] == "INFO" and "exc_info" not in line
-    assert line["message"].startswith("rejected bad request: Exception on /generate [POST]: temperature: ")
+    assert line["message"].startswith("rejected bad request: Exception on /generate%20 [POST]: temperature: ")
 
 
 def test_other_errors_keep_their_traceback():
