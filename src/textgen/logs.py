@@ -19,6 +19,7 @@ from transformers.utils import logging as transformers_logging
 
 from .config import Settings
 from .engine import JOB_REQUEST_ID
+from .errors import as_api_error
 
 ACCESS_LOGGER = "bentoml.access"
 # Attributes BentoML's TraceRecordFilter adds; the formatter reports them its own way.
@@ -31,10 +32,7 @@ class RedactRequestErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, ValidationError):
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                for e in error.errors(include_input=False, include_context=False, include_url=False)
-            )
+            problems = as_api_error(error).message  # the client's own message: fields and problems, no input
         elif isinstance(error, BadInput):
             problems = type(error).__name__
         else:
