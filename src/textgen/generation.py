@@ -37,7 +37,7 @@ def _deliver(queue: asyncio.Queue[int | JobResult | BaseException], loop: asynci
     return lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
 
 
-def _as_api_error(failure: BaseException) -> ShuttingDown | GenerationFailed:
+def _client_error(failure: BaseException) -> ShuttingDown | GenerationFailed:
     """What the client hears of a failed job: no internals (the engine has logged them with the request id)."""
     if isinstance(failure, EngineStopped):
         return ShuttingDown("the server is shutting down", headers={"Retry-After": "5"})
@@ -113,7 +113,7 @@ class TextGenerator:
                 while True:
                     event = await events.get()
                     if isinstance(event, BaseException):
-                        raise _as_api_error(event) from event
+                        raise _client_error(event) from event
                     if isinstance(event, int):
                         if piece := deltas.add(event):
                             yield TextDelta(piece)
