@@ -1,55 +1,50 @@
 """BentoML service: a Hugging Face causal LM from the model store behind a batched, secured HTTP API.
 
-The parts live in `src/textgen/`; this class only wires them together.
+The table of contents: the parts live in `src/textgen/` (engine, serving, api); this module wires them.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import bentoml
-from starlette.responses import Response
 
-# src layout: make the package importable for `bentoml serve` and inside a built Bento alike.
+# Inside a built Bento the project is not installed, only copied: make the src/ layout importable there.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from pydantic import ValidationError
-
-from textgen import bentoml_fixes
-from textgen.admission import AdmissionGate
-from textgen.auth import APIKeyMiddleware
-from textgen.body_guard import RequestBodyGuard
+from textgen import bentoml_compat
+from textgen.api.endpoints import answer, answer_stream
+from textgen.api.generate import GenerateHandlers
+from textgen.api.logs import configure_logging
+from textgen.api.middleware.auth import APIKeyMiddleware, check_auth_configured
+from textgen.api.middleware.body_guard import RequestBodyGuard
+from textgen.api.middleware.error_envelope import ErrorEnvelopeMiddleware
+from textgen.api.openai.handlers import OpenAIHandlers
+from textgen.api.openai.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
+from textgen.api.routes import build_routes_app
+from textgen.api.schemas import GenerateRequest, GenerateResponse
 from textgen.config import get_settings
-from textgen.container import container_envs, container_image
-from textgen.disconnect import cancel_on_disconnect
-from textgen.error_envelope import ErrorEnvelopeMiddleware
-from textgen.errors import ApiError, NotReady, as_api_error
-from textgen.generation import TextGenerator
-from textgen.logs import configure_logging
-from textgen.metrics import get_metrics
-from textgen.model_store import load_model, resolve_model_ref
-from textgen.openai_api import OpenAIRoutes
-from textgen.openai_schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ModelList
-from textgen.routes import build_routes_app
-from textgen.schemas import GenerateRequest, GenerateResponse, HealthResponse, ModelInfo
-from textgen.sse import generate_events
-from textgen.startup import check_auth_configured, configure_torch, freeze_startup_objects, is_serve_command
+from textgen.container_image import container_envs, container_image
+from textgen.serving.model_store import resolve_model_ref
+from textgen.serving.runtime import ModelRuntime
 
-bentoml_fixes.apply()
+bentoml_compat.apply()
 settings = get_settings()
-if is_serve_command():
+if bentoml_compat.is_serve_command():  # fail the command, not a worker that BentoML would restart forever
     configure_logging(settings)
     check_auth_configured(settings)
 # Resolved before the decorators run: the image bakes in MODEL_TAG of the model `bentoml build` packs.
 MODEL_REF = resolve_model_ref(settings.model_tag)
 
+runtime = ModelRuntime(settings)  # this worker's model; nothing is loaded until the service starts
+generate_api = GenerateHandlers(runtime)
+openai_api = OpenAIHandlers(runtime)
 
-@bentoml.asgi_app(build_routes_app(), path="/")
+
+@bentoml.asgi_app(build_routes_app(runtime, openai_api), path="/")
 @bentoml.service(
     name="textgen",
     workers=1,
@@ -63,104 +58,40 @@ class TextGeneration:
     def __init__(self) -> None:
         configure_logging(settings)
         check_auth_configured(settings)
-        configure_torch(settings)
-        self.metrics = get_metrics()
-        self.gate = AdmissionGate(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
-        self.generator: TextGenerator | None = None
-        self.openai: OpenAIRoutes | None = None
-        self.started_at = time.monotonic()
 
     @bentoml.on_startup
     def start_loading(self) -> None:
-        # Load in the background: /livez answers at once, /readyz turns ready once the model is in.
-        threading.Thread(target=self._load, name="model-loader", daemon=True).start()
-
-    def _load(self) -> None:
-        loaded = load_model(self.model_ref, settings.model_device, settings.model_dtype)
-        generator = TextGenerator(
-            loaded,
-            self.gate,
-            self.metrics,
-            max_batch_size=settings.max_batch_size or settings.max_concurrency,
-            batch_wait_s=settings.batch_wait_ms / 1000,
-            fault_marker=settings.fault_injection_marker,
-            log_prompts=settings.log_prompts,
-        )
-        generator.start()
-        self.openai = OpenAIRoutes(generator)
-        self.generator = generator
-        self.metrics.model_loaded.set(1)
-        freeze_startup_objects()
+        runtime.start(self.model_ref)  # in the background: /livez answers at once, /readyz once loaded
 
     def __is_ready__(self) -> bool:
-        return self.generator is not None
+        return runtime.ready
 
     @bentoml.on_shutdown
     def stop_engine(self) -> None:
-        if self.generator is not None:
-            self.generator.stop()
-
-    def _ready(self) -> tuple[TextGenerator, OpenAIRoutes]:
-        if self.generator is None or self.openai is None:
-            raise NotReady("the model is still loading", headers={"Retry-After": "2"})
-        return self.generator, self.openai
-
-    async def _answer(self, ctx: bentoml.Context, handler: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            return await cancel_on_disconnect(ctx.request, handler())
-        except (ApiError, ValidationError) as exc:
-            return _refuse(ctx, exc)
+        runtime.stop()
 
     # BentoML validates bodies against a copy of each input_spec that lacks model-level validators
-    # (one prompt per completion, say): validate again with the real model.
+    # (one prompt per completion, say): the handlers validate again with the real model.
     @bentoml.api(input_spec=GenerateRequest)
     async def generate(self, ctx: bentoml.Context, **params: Any) -> GenerateResponse:
         """Continue `prompt`; requests close together share forward passes."""
-        return await self._answer(ctx, lambda: self._ready()[0].generate(GenerateRequest.model_validate(params)))
+        return await answer(ctx, lambda: generate_api.generate(GenerateRequest.model_validate(params)))
 
     @bentoml.api(input_spec=GenerateRequest)
     async def generate_stream(self, ctx: bentoml.Context, **params: Any) -> AsyncGenerator[str, None]:
         """As /generate, streamed as server-sent events: `token` events, then `done` with the whole response."""
-        try:
-            events = self._ready()[0].stream(GenerateRequest.model_validate(params))
-            await anext(events)  # admitted: refusals before this point keep their HTTP status
-        except (ApiError, ValidationError) as exc:
-            yield _refuse(ctx, exc).body.decode()
-            return
-        async for chunk in generate_events(events):
+        async for chunk in answer_stream(ctx, lambda: generate_api.stream(GenerateRequest.model_validate(params))):
             yield chunk
 
     @bentoml.api(route="/v1/completions", input_spec=CompletionRequest)
     async def v1_completions(self, ctx: bentoml.Context, **params: Any) -> Completion:
         """OpenAI-compatible completions (`stream: true` for server-sent events)."""
-        return await self._answer(ctx, lambda: self._ready()[1].completions(CompletionRequest.model_validate(params)))
+        return await answer(ctx, lambda: openai_api.completions(CompletionRequest.model_validate(params)))
 
     @bentoml.api(route="/v1/chat/completions", input_spec=ChatCompletionRequest)
     async def v1_chat_completions(self, ctx: bentoml.Context, **params: Any) -> ChatCompletion:
         """OpenAI-compatible chat completions; 400 for a model without a chat template."""
-        return await self._answer(ctx, lambda: self._ready()[1].chat(ChatCompletionRequest.model_validate(params)))
-
-    def health(self) -> HealthResponse:
-        return HealthResponse(
-            model_loaded=self.generator is not None,
-            model=settings.model_tag,
-            uptime_s=round(time.monotonic() - self.started_at, 3),
-            generations=self.gate.snapshot(),
-        )
-
-    def model_info(self) -> ModelInfo | None:
-        return self.generator.loaded.info if self.generator else None
-
-    def model_list(self) -> ModelList | Response:
-        return self.openai.models() if self.openai else NotReady("the model is still loading").to_response()
-
-
-def _refuse(ctx: bentoml.Context, exc: ApiError | ValidationError) -> Response:
-    """The error response; BentoML takes the status and headers of an API with a context from the context."""
-    error = as_api_error(exc)
-    ctx.response.status_code = error.status
-    ctx.response.headers.update(error.headers)
-    return error.to_response()
+        return await answer(ctx, lambda: openai_api.chat(ChatCompletionRequest.model_validate(params)))
 
 
 # First added is outermost: errors are normalised last, auth runs before any body is read.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,9 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, ContinuousBatchingConfig, GenerationConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from textgen.engine import BatchEngine, Job
-from textgen.sampling import SamplingParams
+from textgen.engine import BatchEngine, GenerationParams, Job, SamplingParams
 
 
 def raw_generate(model, prompts: list[list[int]], new_tokens: int) -> float:
@@ -46,7 +43,11 @@ def our_engine(model, tokenizer, prompts: list[list[int]], new_tokens: int) -> f
     start = time.perf_counter()
     for prompt in prompts:
         engine.submit(
-            Job(prompt, new_tokens, SamplingParams(temperature=0.0), ignore_eos=True, on_done=lambda _: left.release())
+            Job(
+                prompt,
+                GenerationParams(new_tokens, SamplingParams(temperature=0.0), ignore_eos=True),
+                on_done=lambda _: left.release(),
+            )
         )
     for _ in prompts:
         left.acquire()

@@ -20,8 +20,7 @@ import torch
 from bentoml.exceptions import NotFound
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from textgen.model_store import save_to_store
+from textgen.serving.model_store import save_to_store
 
 DEFAULT_HUB_ID = "distilbert/distilgpt2"
 DEFAULT_NAME = "distilgpt2"

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 API_KEY = "test-key-0123456789"
 FILE_KEY = "file-key-abcdef"
 MODEL_NAME = "tiny-gpt2"
-FAULT_MARKER = "__inject_fault__"  # prompts starting with it fail mid-generation (see textgen.faults)
+FAULT_MARKER = "__inject_fault__"  # prompts starting with it fail mid-generation (see textgen.serving.faults)
 
 
 def free_port() -> int:

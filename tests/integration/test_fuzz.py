@@ -18,7 +18,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.integration.conftest import API_KEY, Server
 from tests.integration.test_server import assert_error
-from textgen.schemas import ErrorBody
+from textgen.api.schemas import ErrorBody
 
 FUZZ_SEED = 20261123
 FUZZ_EXAMPLES = 40  # per operation, fuzzing phase; the coverage phase adds its own (~150-240 requests in all)

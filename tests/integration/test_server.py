@@ -167,15 +167,19 @@ def test_docs_and_schema_need_a_key(server: Server):
 
 def test_every_route_but_the_open_ones_needs_a_key(server: Server):
     """Routes are enumerated from the running app's OpenAPI document and the mounted app, so a new one is covered."""
-    from textgen.config import DEFAULT_OPEN_PATHS
-    from textgen.routes import build_routes_app
+    from textgen.api.openai.handlers import OpenAIHandlers
+    from textgen.api.routes import build_routes_app
+    from textgen.config import DEFAULT_OPEN_PATHS, Settings
+    from textgen.serving.runtime import ModelRuntime
 
     documented = {
         (method.upper(), path)
         for path, operations in server.get("/docs.json").json()["paths"].items()
         for method in operations
     }
-    mounted = {(m, r.path) for r in build_routes_app().routes for m in r.methods if m != "HEAD"}
+    runtime = ModelRuntime(Settings(_env_file=None, auth_disabled=True))
+    app = build_routes_app(runtime, OpenAIHandlers(runtime))
+    mounted = {(m, r.path) for r in app.routes for m in r.methods if m != "HEAD"}
     routes = documented | mounted
     assert ("POST", "/generate") in routes and ("GET", "/v1/models") in routes
     for method, path in sorted(routes):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from textgen.admission import AdmissionGate, QueueFull, QueueTimeout
+from textgen.serving.admission import AdmissionGate, QueueFull, QueueTimeout
 
 
 def run(coro):

@@ -6,9 +6,11 @@ import math
 
 import pytest
 
-from scripts.bench.load import arrival_delays
-from scripts.bench.records import Distribution, LoadResult, RawResult, RequestSample, percentile, summarise_load
-from scripts.bench.report import check_targets, format_level, format_overview, format_targets, summarise_level
+from textgen_bench.benchmark.load import arrival_delays
+from textgen_bench.benchmark.records import LoadResult, RawResult, RequestSample, summarise_load
+from textgen_bench.benchmark.report import check_targets, format_level, format_overview, summarise_level
+from textgen_bench.common.records import Distribution, percentile
+from textgen_bench.common.text import format_targets
 
 
 def test_percentile_interpolates_like_numpy() -> None:

@@ -10,7 +10,7 @@ import weakref
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from textgen.bentoml_fixes import FirstByteTimeout
+from textgen.api.middleware.first_byte_timeout import FirstByteTimeout
 
 request_state: contextvars.ContextVar[object] = contextvars.ContextVar("request_state")
 

@@ -8,10 +8,9 @@ import time
 import pytest
 import torch
 
-from textgen import engine as engine_module
-from textgen.engine import BatchEngine, Job, JobResult
-from textgen.faults import FaultInjector, InjectedFault
-from textgen.sampling import SamplingParams
+from textgen.engine import BatchEngine, GenerationParams, GenerationResult, Job, SamplingParams
+from textgen.engine import batch_engine as engine_module
+from textgen.serving.faults import FaultInjector, InjectedFault
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPTS = [
@@ -31,10 +30,10 @@ def engine(tiny_model):
     engine.stop()
 
 
-def run_outcomes(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[JobResult | BaseException]:
+def run_outcomes(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[GenerationResult | BaseException]:
     """Submit the jobs together (they share forward passes) and wait for each one's result or error."""
     done = [threading.Event() for _ in jobs]
-    results: list[JobResult | BaseException | None] = [None] * len(jobs)
+    results: list[GenerationResult | BaseException | None] = [None] * len(jobs)
     for i, job in enumerate(jobs):
 
         def deliver(outcome, i=i):
@@ -48,7 +47,7 @@ def run_outcomes(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> l
     return results  # type: ignore[return-value]
 
 
-def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[JobResult]:
+def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[GenerationResult]:
     results = run_outcomes(engine, jobs, timeout)
     for r in results:
         if isinstance(r, BaseException):
@@ -67,7 +66,7 @@ def reference_greedy(tiny_model, prompt: str, new_tokens: int) -> list[int]:
 
 
 def job(tokenizer, prompt: str, new_tokens: int, sampling: SamplingParams = GREEDY, **kw) -> Job:
-    return Job(tokenizer(prompt).input_ids, new_tokens, sampling, ignore_eos=True, **kw)
+    return Job(tokenizer(prompt).input_ids, GenerationParams(new_tokens, sampling, ignore_eos=True, **kw))
 
 
 def test_greedy_alone_matches_transformers_generate(engine, tiny_model):
@@ -133,7 +132,10 @@ def test_eos_finishes_unless_ignored(tiny_model):
     try:
         stops, goes_on = run_jobs(
             engine,
-            [Job(tokenizer("Hi").input_ids, 8, GREEDY), Job(tokenizer("Hi").input_ids, 8, GREEDY, ignore_eos=True)],
+            [
+                Job(tokenizer("Hi").input_ids, GenerationParams(8, GREEDY)),
+                Job(tokenizer("Hi").input_ids, GenerationParams(8, GREEDY, ignore_eos=True)),
+            ],
         )
     finally:
         engine.stop()
@@ -149,7 +151,7 @@ def test_cancelled_job_leaves_the_batch(engine, tiny_model):
     doomed.on_done = lambda o: (outcome.append(o), finished.set())
     engine.submit(doomed)
     survivor = job(tokenizer, PROMPTS[2], 30)
-    result_holder: list[JobResult] = []
+    result_holder: list[GenerationResult] = []
     t = threading.Thread(target=lambda: result_holder.extend(run_jobs(engine, [survivor])))
     t.start()
     engine.cancel(doomed)
@@ -199,7 +201,7 @@ def test_a_failing_decode_step_fails_only_the_faulty_job(faulty_engine, tiny_mod
 def test_a_failing_prefill_fails_only_its_own_job(faulty_engine, tiny_model, caplog):
     engine, _, _ = faulty_engine
     tokenizer = tiny_model[1]
-    bad = Job([10**9], 4, GREEDY)  # token id outside the vocabulary: the forward pass raises
+    bad = Job([10**9], GenerationParams(4, GREEDY))  # token id outside the vocabulary: the forward pass raises
     outcomes = run_outcomes(engine, [job(tokenizer, PROMPTS[0], 8), bad, job(tokenizer, PROMPTS[1], 8)])
     assert "recomputing its 3 job(s)" in caplog.text  # they shared the prefill that failed
     assert isinstance(outcomes[1], IndexError)

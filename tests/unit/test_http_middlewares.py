@@ -12,10 +12,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from textgen.auth import APIKeyMiddleware, KeyRing, presented_key
-from textgen.body_guard import RequestBodyGuard
+from textgen.api.middleware.auth import APIKeyMiddleware, KeyRing, presented_key
+from textgen.api.middleware.body_guard import RequestBodyGuard
+from textgen.api.middleware.error_envelope import ErrorEnvelopeMiddleware, normalise
 from textgen.config import Settings
-from textgen.error_envelope import ErrorEnvelopeMiddleware, normalise
 
 KEY = "k-123456"
 

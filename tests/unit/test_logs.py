@@ -1,4 +1,4 @@
-"""The log formatter and the redaction filter, on hand-made records like the ones BentoML and the engine write."""
+"""The log formatter and the redaction filter, on hand-made records like the ones BentoML and the server write."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import logging
 
 from pydantic import BaseModel, ValidationError
 
-from textgen.engine import JOB_REQUEST_ID
-from textgen.logs import JsonLogFormatter, RedactRequestErrors
+from textgen.api.logs import JsonLogFormatter, RedactRequestErrors
 
 
 class Body(BaseModel):
@@ -43,11 +42,12 @@ def test_other_errors_keep_their_traceback():
     try:
         raise RuntimeError("engine bug")
     except RuntimeError as exc:
-        rec = record("textgen.engine", "step failed", exc=exc, **{JOB_REQUEST_ID: "abc123"})
+        # A failed generation, logged while its request is in flight: BentoML's filter sets the request id.
+        rec = record("textgen.serving.async_engine", "generation failed", exc=exc, request_id=0xABC123)
     assert RedactRequestErrors().filter(rec)
     line = formatted(rec)
     assert line["level"] == "ERROR" and "RuntimeError: engine bug" in line["exc_info"]
-    assert line["request_id"] == "abc123" and JOB_REQUEST_ID not in line
+    assert line["request_id"] == "0000000000abc123"
 
 
 def test_access_lines_become_fields_and_bentoml_decorations_are_dropped():
@@ -63,7 +63,7 @@ def test_access_lines_become_fields_and_bentoml_decorations_are_dropped():
 
 def test_extra_fields_such_as_debug_prompts_are_kept():
     extra = {"prompt": "p", "completion": "c"}  # LOG_PROMPTS=true logs them this way
-    assert formatted(record("textgen.generation", "completed", **extra)).items() >= extra.items()
+    assert formatted(record("textgen.serving.async_engine", "completed", **extra)).items() >= extra.items()
 
 
 def test_formatter_handles_records_without_bentoml_context():

@@ -10,7 +10,13 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from textgen.sampling import SamplingParams, apply_repetition_penalty, filter_top_k_top_p, make_generator, select_tokens
+from textgen.engine.sampling import (
+    SamplingParams,
+    apply_repetition_penalty,
+    filter_top_k_top_p,
+    make_generator,
+    select_tokens,
+)
 
 VOCAB = 50
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from textgen.api.middleware.auth import AuthNotConfigured, check_auth_configured
+from textgen.api.openai.schemas import CompletionRequest
+from textgen.api.schemas import GenerateRequest
 from textgen.config import DEFAULT_OPEN_PATHS, Settings
-from textgen.openai_schemas import CompletionRequest
-from textgen.schemas import GenerateRequest
-from textgen.startup import AuthNotConfigured, check_auth_configured
 
 
 def test_settings_from_environment(monkeypatch):

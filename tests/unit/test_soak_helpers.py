@@ -6,23 +6,11 @@ import random
 
 import pytest
 
-from scripts.bench.records import Distribution, MachineInfo
-from scripts.bench.soak_records import (
-    DEFAULT_MIX,
-    Attempt,
-    Memory,
-    SlotState,
-    SoakConfig,
-    SoakReport,
-    backoff_s,
-    check_soak,
-    classify_response,
-    classify_stream_end,
-    format_soak,
-    parse_mix,
-    summarise_attempts,
-    without_faults,
-)
+from textgen_bench.common.records import Distribution, MachineInfo
+from textgen_bench.soak.mix import DEFAULT_MIX, backoff_s, parse_mix, without_faults
+from textgen_bench.soak.records import Attempt, Memory, SlotState, SoakConfig, SoakReport, summarise_attempts
+from textgen_bench.soak.report import check_soak, format_soak
+from textgen_bench.soak.verdicts import classify_response, classify_stream_end
 
 
 def err(error_type: str) -> dict:

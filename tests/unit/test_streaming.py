@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from textgen.streaming import TextDeltas
+from textgen.engine import IncrementalDetokenizer
 
 
-def stream_pieces(tokenizer, text: str, hold_back: int = 0) -> tuple[list[str], TextDeltas]:
-    deltas = TextDeltas(tokenizer, hold_back)
+def stream_pieces(tokenizer, text: str, hold_back: int = 0) -> tuple[list[str], IncrementalDetokenizer]:
+    deltas = IncrementalDetokenizer(tokenizer, hold_back)
     return [p for t in tokenizer.encode(text) if (p := deltas.add(t))], deltas
 
 
@@ -30,7 +30,7 @@ def test_held_back_tail_is_sent_at_the_end(tiny_model):
 def test_a_stop_string_spanning_tokens_is_never_streamed(tiny_model):
     tokenizer = tiny_model[1]
     generated, stop = "Answer: forty-two. STOP HERE and more", "STOP HERE"
-    deltas = TextDeltas(tokenizer, hold_back=len(stop) - 1)
+    deltas = IncrementalDetokenizer(tokenizer, hold_back=len(stop) - 1)
     pieces, ids = [], []
     for token in tokenizer.encode(generated):  # as the engine does: tokens until the stop string is complete
         ids.append(token)

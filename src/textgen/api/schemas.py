@@ -1,0 +1,148 @@
+"""Request and response models of the service's own API (`/generate`, `/health`, errors), and the field types
+that its OpenAI-compatible routes share."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Protocol
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+
+from textgen.engine import FinishReason, GenerationParams, SamplingParams
+from textgen.serving.admission import GenerationLoad
+from textgen.serving.model_store import ModelInfo
+from textgen.serving.outputs import GenerationOutput
+
+__all__ = ["ModelInfo"]  # served as /model-info's body as the loader describes the model
+
+MAX_STOP_STRINGS = 4
+
+
+# Field types shared by /generate and the OpenAI-compatible routes, so their bounds cannot drift apart.
+# Strict: a string, a bool or 2.0 for a number is the client's bug, not something to coerce ("5" tokens, true
+# as 1 token); JSON integers still count as floats.
+MaxNewTokens = Annotated[
+    int, Strict(), Field(ge=1, le=100_000, description="Tokens to generate (prompt + this <= context).")
+]
+Temperature = Annotated[
+    float, Strict(), Field(ge=0.0, le=2.0, allow_inf_nan=False, description="0 means greedy decoding.")
+]
+TopP = Annotated[float, Strict(), Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+TopK = Annotated[int, Strict(), Field(ge=0, le=100_000, description="0 disables top-k filtering.")]
+RepetitionPenalty = Annotated[float, Strict(), Field(gt=0.0, le=10.0, allow_inf_nan=False)]
+Seed = Annotated[int | None, Strict(), Field(ge=0, le=2**63 - 1, description="Makes sampling reproducible.")]
+IgnoreEos = Annotated[bool, Strict(), Field(description="Keep generating past end-of-sequence (benchmarks).")]
+
+
+def check_stop_strings(stops: list[str]) -> list[str]:
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+    if any(not s for s in stops):
+        raise ValueError("stop strings must not be empty")
+    return stops
+
+
+StopStrings = Annotated[list[str], AfterValidator(check_stop_strings), Field(description="Stop strings (at most 4).")]
+
+
+class SamplingOptions(Protocol):
+    """The sampling fields every protocol's request has, under the same names and bounds."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    seed: int | None
+
+
+def sampling_params(request: SamplingOptions) -> SamplingParams:
+    return SamplingParams(
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        repetition_penalty=request.repetition_penalty,
+        seed=request.seed,
+    )
+
+
+class GenerateRequest(BaseModel):
+    """Body of `POST /generate`. Only `prompt` is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., min_length=1, description="Text to continue.", examples=["Once upon a time"])
+    max_new_tokens: MaxNewTokens = 64
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    repetition_penalty: RepetitionPenalty = 1.0
+    stop: StopStrings = Field(default_factory=list)
+    seed: Seed = None
+    ignore_eos: IgnoreEos = False
+
+    def to_params(self) -> GenerationParams:
+        return GenerationParams(self.max_new_tokens, sampling_params(self), tuple(self.stop), self.ignore_eos)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, output: GenerationOutput) -> Usage:
+        prompt, completion = output.prompt_tokens, output.completion_tokens
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Waiting for a slot and for the batch to take the request.")
+    time_to_first_token_ms: float
+    inference_ms: float = Field(description="From prefill to the last token.")
+    total_ms: float
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str = Field(description="Prompt followed by the completion.")
+    completion: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+    timings: Timings
+
+    @classmethod
+    def of(cls, prompt: str, output: GenerationOutput) -> GenerateResponse:
+        t = output.timings
+        return cls(
+            generated_text=prompt + output.text,
+            completion=output.text,
+            finish_reason=output.finish_reason,
+            usage=Usage.of(output),
+            model=output.model,
+            timings=Timings(
+                queue_ms=t.queue_s * 1000,
+                time_to_first_token_ms=t.time_to_first_token_s * 1000,
+                inference_ms=t.inference_s * 1000,
+                total_ms=t.total_s * 1000,
+            ),
+        )
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    request_id: str | None = None
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every route."""
+
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    model_loaded: bool
+    model: str
+    uptime_s: float
+    generations: GenerationLoad

@@ -1,0 +1,300 @@
+"""Iteration-level (continuous) batching on a Hugging Face causal LM.
+
+One background thread owns the model. Before every decoding step, waiting jobs
+are prefilled and join the batch; a job that finishes leaves it at once, so a
+short request never waits for a long one and finished rows cost nothing.
+
+A failure fails only the job that causes it: when a shared forward pass raises,
+the batch is thrown away and every job is recomputed alone from its tokens so
+far (recompute, as vLLM does on preemption); the ones that fail alone fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .kv_cache import PaddedBatch
+from .sampling import make_generator, select_tokens
+from .types import EngineStopped, FinishReason, GenerationParams, GenerationResult, JobCancelled
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's generation as the engine runs it: its input, where its outcome goes, and its state.
+
+    A job that fails is finished with the exception; the caller, which knows the request, logs it.
+    """
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    on_done: Callable[[GenerationResult | BaseException], None] = lambda _: None
+    on_token: Callable[[int], None] | None = None  # for streaming; called from the engine thread
+    # Set by the engine thread.
+    output_ids: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False  # on_done has been called
+    started_at: float = 0.0
+    first_token_at: float = 0.0
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # tokens seen so far, for the repetition penalty
+
+
+class BatchEngine:
+    """Runs submitted jobs in shared forward passes, at most `max_batch_size` rows at a time."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        max_batch_size: int,
+        on_step: Callable[[int], None] | None = None,
+        join_window_s: float = 0.0,
+        before_forward: Callable[[Sequence[Job]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.join_window_s = join_window_s
+        self.eos_token_id = model.generation_config.eos_token_id or tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self.device = model.device
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self._on_step = on_step or (lambda _: None)
+        self._before_forward = before_forward or (lambda _: None)  # fault injection hook (tests, soak runs)
+        self._pending: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._batch: PaddedBatch | None = None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
+
+    # --- API for the event loop -------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("the engine is shutting down")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Drop the job at the next step (its client went away)."""
+        job.cancelled = True
+
+    @property
+    def active_rows(self) -> int:
+        return len(self._active)
+
+    # --- engine thread ------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._stopping or self._pending or self._active):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    self._gather_arrivals()
+                    joiners = self._take_joiners()
+                self._step(joiners)
+        self._fail(self._active + list(self._pending), EngineStopped("the engine shut down"))
+
+    def _gather_arrivals(self) -> None:
+        """An idle engine waits `join_window_s` for more requests, so requests arriving together share one prefill.
+
+        Without it, the first of a burst starts alone and the others join one step later with prefills of their
+        own: the batch then stays out of step and pays a prefill for every request.
+        """
+        deadline = time.monotonic() + self.join_window_s
+        while not self._active and not self._stopping and len(self._pending) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _take_joiners(self) -> list[Job]:
+        joiners: list[Job] = []
+        while self._pending and len(self._active) + len(joiners) < self.max_batch_size:
+            job = self._pending.popleft()
+            if job.cancelled:
+                self._finish(job, JobCancelled("cancelled while waiting"))
+            else:
+                joiners.append(job)
+        return joiners
+
+    def _step(self, joiners: list[Job]) -> None:
+        try:
+            if joiners:
+                self._prefill(joiners)
+            if self._active:
+                self._decode()
+        except Exception:
+            # The pass failed as a whole, so it cannot say whose fault it was: recompute each job alone.
+            involved = [job for job in dict.fromkeys([*self._active, *joiners]) if not job.done]
+            logger.exception("a batched forward pass failed; recomputing its %d job(s) one by one", len(involved))
+            self._active, self._batch = [], None
+            for job in involved:
+                try:
+                    self._prefill([job])
+                except Exception as exc:
+                    self._finish(job, exc)
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        """Prefill new jobs (and pick their first token), or rebuild the cache of running ones after a failure."""
+        self._before_forward(jobs)
+        now = time.perf_counter()
+        # A running job's context is everything but its last token, which the next decode step feeds.
+        contexts = [job.prompt_ids + job.output_ids[:-1] for job in jobs]
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(jobs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, (job, context) in enumerate(zip(jobs, contexts, strict=True)):
+            ids[row, width - len(context) :] = torch.tensor(context)
+            mask[row, width - len(context) :] = 1
+            if not job.output_ids:
+                job.started_at = now
+                job.generator = make_generator(job.params.sampling.seed)
+                if job.params.sampling.repetition_penalty != 1.0:
+                    job.seen = torch.zeros(self.vocab_size, dtype=torch.bool)
+                    job.seen[job.prompt_ids] = True
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        batch = PaddedBatch(out.past_key_values, mask.to(self.device))
+        self._on_step(len(jobs))
+        new = [row for row, job in enumerate(jobs) if not job.output_ids]
+        finished = set(self._advance([jobs[row] for row in new], out.logits[new, -1]))
+        survivors = [row for row, job in enumerate(jobs) if job not in finished]
+        batch.keep(survivors)
+        if not survivors:
+            return
+        if self._batch is None:
+            self._batch = batch
+        else:
+            self._batch.extend(batch)
+        self._active.extend(jobs[row] for row in survivors)
+
+    def _decode(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        self._before_forward(self._active)
+        positions = batch.next_positions()
+        ids = torch.tensor([[job.output_ids[-1]] for job in self._active], device=self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=batch.grow(),
+            position_ids=positions,
+            past_key_values=batch.cache,
+            use_cache=True,
+        )
+        self._on_step(len(self._active))
+        finished = set(self._advance(self._active, out.logits[:, -1]))
+        if finished:
+            survivors = [row for row, job in enumerate(self._active) if job not in finished]
+            self._active = [self._active[row] for row in survivors]
+            if survivors:
+                batch.keep(survivors)
+            else:
+                self._batch = None
+
+    def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[Job]:
+        """Pick each job's next token and finish the jobs that are done (or fail). Returns the finished jobs.
+
+        Never raises: a job whose token selection or bookkeeping fails is finished with that error alone.
+        """
+        finished: list[Job] = []
+        for job, token in zip(jobs, self._select(jobs, logits.float().cpu()), strict=True):
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                job.output_ids.append(token)
+                if len(job.output_ids) == 1:
+                    job.first_token_at = time.perf_counter()
+                if job.seen is not None:
+                    job.seen[token] = True
+                if job.cancelled:
+                    raise JobCancelled("cancelled")
+                result = self._finished(job, token)
+                if result is None and job.on_token is not None:
+                    job.on_token(token)
+            except Exception as exc:
+                result = exc
+            if result is not None:
+                self._finish(job, result)  # the last token arrives with the final (stop-cut) text, not on its own
+                finished.append(job)
+        return finished
+
+    def _select(self, jobs: list[Job], logits: torch.Tensor) -> list[int | Exception]:
+        """Next token per row, in one batched call; if that fails, row by row so only the bad rows fail."""
+        try:
+            return self._select_rows(jobs, logits)  # type: ignore[return-value]
+        except Exception:
+            logger.warning("batched token selection failed; selecting row by row", exc_info=True)
+        picked: list[int | Exception] = []
+        for row, job in enumerate(jobs):
+            try:
+                picked.extend(self._select_rows([job], logits[row : row + 1]))
+            except Exception as exc:
+                picked.append(exc)
+        return picked
+
+    def _select_rows(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
+        seen = None
+        if any(job.seen is not None for job in jobs):
+            seen = torch.stack([job.seen if job.seen is not None else self._no_tokens() for job in jobs])
+        return select_tokens(logits, [j.params.sampling for j in jobs], [j.generator for j in jobs], seen).tolist()
+
+    def _no_tokens(self) -> torch.Tensor:
+        return torch.zeros(self.vocab_size, dtype=torch.bool)
+
+    def _finished(self, job: Job, token: int) -> GenerationResult | None:
+        reason: FinishReason | None = None
+        text: str | None = None
+        if token == self.eos_token_id and not job.params.ignore_eos:
+            reason = "eos"
+        elif job.params.stop:
+            text = self._decode_text(job.output_ids)
+            cut = min((i for i in (text.find(s) for s in job.params.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                reason, text = "stop", text[:cut]
+        if reason is None and len(job.output_ids) >= job.params.max_new_tokens:
+            reason = "length"
+        if reason is None:
+            return None
+        if text is None:
+            text = self._decode_text(job.output_ids)
+        return GenerationResult(job.output_ids, text, reason, job.started_at, job.first_token_at, time.perf_counter())
+
+    def _decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+    def _finish(self, job: Job, outcome: GenerationResult | BaseException) -> None:
+        job.done = True
+        job.on_done(outcome)
+
+    def _fail(self, jobs: list[Job], exc: BaseException) -> None:
+        for job in jobs:
+            self._finish(job, exc)

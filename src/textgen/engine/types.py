@@ -1,0 +1,44 @@
+"""What goes into the engine and what comes out: internal types, free of any wire format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .sampling import SamplingParams
+
+FinishReason = Literal["length", "stop", "eos"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything a request asks of the engine besides its prompt.
+
+    Each protocol (the service's own API, OpenAI's) converts its request into this at its edge.
+    Per-request options that change how tokens are picked or reported (logprobs, a grammar) belong here.
+    """
+
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()  # the text ends before the first of these
+    ignore_eos: bool = False  # keep going past end-of-sequence (fixed-length benchmarks)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation. Times are `time.perf_counter()` readings."""
+
+    token_ids: list[int]
+    text: str  # the completion, cut before a stop string
+    finish_reason: FinishReason
+    started_at: float  # prefill
+    first_token_at: float
+    finished_at: float
+
+
+class EngineStopped(RuntimeError):
+    """The engine shut down before the job finished."""
+
+
+class JobCancelled(RuntimeError):
+    """The job was cancelled (its client went away) before it finished."""

@@ -1,0 +1,108 @@
+"""FIFO admission: at most `limit` generations run; later requests wait in order for a slot.
+
+BentoML's own `max_concurrency` answers 429 at once instead of queueing, so the
+waiting lives here. The queue is bounded in length and in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from pydantic import BaseModel
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the queue is at its limit."""
+
+
+class QueueTimeout(Exception):
+    """No slot came free within the wait limit."""
+
+
+class GenerationLoad(BaseModel):
+    """The gate's counters, as /health reports them."""
+
+    running: int
+    waiting: int
+    limit: int
+    max_queue: int
+
+
+HOLD_SMOOTHING = 0.2  # weight of the latest slot hold time in the running mean
+MAX_RETRY_AFTER_S = 60
+
+
+class AdmissionGate:
+    def __init__(self, limit: int, max_queue: int, timeout_s: float) -> None:
+        self.limit = limit
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._mean_hold_s: float | None = None  # how long a request keeps its slot, smoothed
+
+    def retry_after_s(self) -> int:
+        """When a refused client should come back: about when the queue ahead of it will have drained.
+
+        A fixed 1 s brings every refused client back at once, over and over; under a flood their rejections then
+        crowd the event loop that also answers /health and feeds the engine.
+        """
+        if self._mean_hold_s is None:
+            return 1
+        drain_s = (self.waiting + 1) * self._mean_hold_s / self.limit
+        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(drain_s)))
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def snapshot(self) -> GenerationLoad:
+        return GenerationLoad(running=self.running, waiting=self.waiting, limit=self.limit, max_queue=self.max_queue)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self._acquire()
+        admitted = time.monotonic()
+        try:
+            yield
+        finally:
+            self._release()
+            self._observe_hold(time.monotonic() - admitted)
+
+    def _observe_hold(self, held_s: float) -> None:
+        previous = self._mean_hold_s
+        self._mean_hold_s = held_s if previous is None else previous + HOLD_SMOOTHING * (held_s - previous)
+
+    async def _acquire(self) -> None:
+        if self.running < self.limit and not self.waiting:
+            self.running += 1
+            return
+        if self.waiting >= self.max_queue:
+            raise QueueFull
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.timeout_s)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed over as we gave up: pass it on
+            if isinstance(exc, TimeoutError):
+                raise QueueTimeout from None
+            raise
+        finally:
+            if waiter in self._waiters and waiter.done():
+                self._waiters.remove(waiter)
+
+    def _release(self) -> None:
+        # Hand the slot straight to the oldest live waiter, so `running` never dips and nobody jumps the queue.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.running -= 1

@@ -1,0 +1,140 @@
+"""The model in the BentoML model store: find it by tag, save into it, load it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import bentoml
+import torch
+from bentoml.exceptions import NotFound
+from pydantic import BaseModel, Field
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+IMPORT_HINT = (
+    "import it with `python scripts/import_model.py` (hub), or offline with "
+    "`python scripts/import_model.py --source DIR [--random-weights]`"
+)
+
+
+class ModelNotInStore(RuntimeError):
+    pass
+
+
+class ModelInfo(BaseModel):
+    """The served model, as /model-info reports it."""
+
+    tag: str
+    source: str = Field(description="Where the weights came from: hub id@revision, a local path, or random.")
+    labels: dict[str, str]
+    architecture: str
+    parameters: int
+    context_length: int
+    dtype: str
+    device: str
+
+
+def find_model(tag: str) -> bentoml.Model:
+    """The store's model for `tag`, or an error that says how to import it."""
+    try:
+        return bentoml.models.get(tag)
+    except (NotFound, ValueError) as exc:
+        raise ModelNotInStore(f"model '{tag}' is not in the BentoML model store; {IMPORT_HINT}") from exc
+
+
+def resolve_model_ref(tag: str) -> bentoml.models.BentoModel:
+    """A service-level model reference (so `bentoml build` packs the model), checked against the local store.
+
+    `BentoModel` alone would look for a missing tag in BentoCloud and fail with an unrelated message.
+    """
+    return bentoml.models.BentoModel(str(find_model(tag).tag))
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_to_store(
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    labels: dict[str, str],
+    metadata: dict[str, Any],
+) -> bentoml.Model:
+    """Write model + tokenizer into a new store version, recording where the weights came from."""
+    info = {
+        "source": source,
+        "architecture": type(model).__name__,
+        "parameters": parameter_count(model),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "context_length": context_length(model),
+        **metadata,
+    }
+    with bentoml.models.create(name=name, labels=labels, metadata=info) as stored:
+        model.save_pretrained(stored.path)
+        tokenizer.save_pretrained(stored.path)
+    return bentoml.models.get(stored.tag)
+
+
+def context_length(model: PreTrainedModel) -> int:
+    config = model.config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"cannot tell the context length of {type(model).__name__}")
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def pick_dtype(setting: str, device: torch.device) -> torch.dtype | str:
+    if setting != "auto":
+        return getattr(torch, setting)
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+
+    @property
+    def context_length(self) -> int:
+        return self.info.context_length
+
+
+def load_model(stored: bentoml.Model, device_setting: str = "auto", dtype_setting: str = "auto") -> LoadedModel:
+    device = pick_device(device_setting)
+    dtype = pick_dtype(dtype_setting, device)
+    tokenizer = AutoTokenizer.from_pretrained(stored.path)
+    model = AutoModelForCausalLM.from_pretrained(stored.path, dtype=dtype).to(device).eval()
+    meta = stored.info.metadata
+    info = ModelInfo(
+        tag=str(stored.tag),
+        source=str(meta.get("source", "unknown")),
+        labels={str(k): str(v) for k, v in stored.info.labels.items()},
+        architecture=type(model).__name__,
+        parameters=parameter_count(model),
+        context_length=context_length(model),
+        dtype=str(model.dtype).removeprefix("torch."),
+        device=str(device),
+    )
+    logger.info(
+        "loaded %s (%s, %d parameters, %s on %s, weights: %s)",
+        info.tag,
+        info.architecture,
+        info.parameters,
+        info.dtype,
+        info.device,
+        info.source,
+    )
+    return LoadedModel(model, tokenizer, info)
