@@ -22,6 +22,7 @@ from textgen.api.logs import configure_logging
 from textgen.api.middleware.auth import APIKeyMiddleware, check_auth_configured
 from textgen.api.middleware.body_guard import RequestBodyGuard
 from textgen.api.middleware.error_envelope import ErrorEnvelopeMiddleware
+from textgen.api.middleware.first_byte_timeout import FirstByteTimeout
 from textgen.api.openai.handlers import OpenAIHandlers
 from textgen.api.openai.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from textgen.api.routes import build_routes_app
@@ -31,7 +32,7 @@ from textgen.container_image import container_envs, container_image
 from textgen.serving.model_store import resolve_model_ref
 from textgen.serving.runtime import ModelRuntime
 
-bentoml_compat.apply()
+bentoml_compat.apply(timeout_middleware=FirstByteTimeout)  # stops here if BentoML's internals moved
 settings = get_settings()
 if bentoml_compat.is_serve_command():  # fail the command, not a worker that BentoML would restart forever
     configure_logging(settings)

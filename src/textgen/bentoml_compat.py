@@ -54,16 +54,14 @@ def check() -> None:
             )
 
 
-def apply() -> None:
-    """Check the internals, then make BentoML build its apps with our request timeout middleware.
+def apply(timeout_middleware: type) -> None:
+    """Check the internals, then make BentoML build its apps with `timeout_middleware` (FirstByteTimeout).
 
     BentoML imports `TimeoutMiddleware` from its traffic module when it builds the middlewares.
     """
-    from textgen.api.middleware.first_byte_timeout import FirstByteTimeout
-
     check()
     traffic = importlib.import_module(_INTERNALS[0][0])
-    traffic.TimeoutMiddleware = FirstByteTimeout
+    traffic.TimeoutMiddleware = timeout_middleware
 
 
 @lru_cache

@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from transformers import PreTrainedTokenizerBase
+
 from textgen.engine import (
     BatchEngine,
     EngineStopped,
@@ -79,7 +81,7 @@ class AsyncEngine:
         self._max_token_chars = max(len(t) for t in loaded.tokenizer.get_vocab())
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.loaded.tokenizer
 
     @property

@@ -8,7 +8,7 @@ milliseconds (measured: 190-570 ms pauses in a soak run, `/health` p99 over 400 
 
 `FirstByteTimeout` keeps BentoML's behaviour (504 if no response has started within the timeout), cancels
 its timer when the request ends, and schedules it outside the request's context, so nothing of the request
-outlives it. `textgen.bentoml_compat.apply()` makes BentoML use it.
+outlives it. `textgen.bentoml_compat.apply(FirstByteTimeout)` makes BentoML use it.
 """
 
 from __future__ import annotations
