@@ -127,7 +127,7 @@ def test_eos_finishes_unless_ignored(tiny_model):
     model, tokenizer = tiny_model
     engine = BatchEngine(model, tokenizer, max_batch_size=4)
     first = reference_greedy(tiny_model, "Hi", 1)[0]
-    engine.eos_token_id = first  # make the model's first greedy token the end of sequence
+    engine.stop_rules.eos_token_id = first  # make the model's first greedy token the end of sequence
     engine.start()
     try:
         stops, goes_on = run_jobs(

@@ -6,7 +6,7 @@ HTTP world (no BentoML, Starlette or API schemas); tests/unit/test_layers.py kee
 - `types`: GenerationParams (what a request asks), GenerationResult (what it gets), FinishReason
 - `batch_engine`: BatchEngine, the thread that owns the model, and Job, one request's run in it
 - `kv_cache`: row operations on the batch's KV cache, so rows can join and leave between steps
-- `sampling`: per-row token selection
+- `sampling`: per-row token selection; `stopping`: when a generation is done (EOS, stop strings, length)
 - `detokenizer`: token ids to text pieces for streaming
 """
 

@@ -23,7 +23,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .kv_cache import PaddedBatch
 from .sampling import make_generator, select_tokens
-from .types import EngineStopped, FinishReason, GenerationParams, GenerationResult, JobCancelled
+from .stopping import StopRules
+from .types import EngineStopped, GenerationParams, GenerationResult, JobCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class BatchEngine:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.join_window_s = join_window_s
-        self.eos_token_id = model.generation_config.eos_token_id or tokenizer.eos_token_id
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        eos_token_id = model.generation_config.eos_token_id or tokenizer.eos_token_id
+        self.stop_rules = StopRules(tokenizer, eos_token_id)
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id
         self.device = model.device
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self._on_step = on_step or (lambda _: None)
@@ -237,7 +239,7 @@ class BatchEngine:
                     job.seen[token] = True
                 if job.cancelled:
                     raise JobCancelled("cancelled")
-                result = self._finished(job, token)
+                result = self._finished(job)
                 if result is None and job.on_token is not None:
                     job.on_token(token)
             except Exception as exc:
@@ -270,26 +272,12 @@ class BatchEngine:
     def _no_tokens(self) -> torch.Tensor:
         return torch.zeros(self.vocab_size, dtype=torch.bool)
 
-    def _finished(self, job: Job, token: int) -> GenerationResult | None:
-        reason: FinishReason | None = None
-        text: str | None = None
-        if token == self.eos_token_id and not job.params.ignore_eos:
-            reason = "eos"
-        elif job.params.stop:
-            text = self._decode_text(job.output_ids)
-            cut = min((i for i in (text.find(s) for s in job.params.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                reason, text = "stop", text[:cut]
-        if reason is None and len(job.output_ids) >= job.params.max_new_tokens:
-            reason = "length"
-        if reason is None:
+    def _finished(self, job: Job) -> GenerationResult | None:
+        done = self.stop_rules.check(job.params, job.output_ids)
+        if done is None:
             return None
-        if text is None:
-            text = self._decode_text(job.output_ids)
+        reason, text = done
         return GenerationResult(job.output_ids, text, reason, job.started_at, job.first_token_at, time.perf_counter())
-
-    def _decode_text(self, token_ids: list[int]) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _finish(self, job: Job, outcome: GenerationResult | BaseException) -> None:
         job.done = True
