@@ -6,11 +6,12 @@ import threading
 import time
 
 import pytest
-import torch
 
 from textgen.engine import BatchEngine, GenerationParams, GenerationResult, Job, SamplingParams
 from textgen.engine import batch_engine as engine_module
 from textgen.serving.faults import FaultInjector, InjectedFault
+
+from .tiny_serving import reference_greedy
 
 GREEDY = SamplingParams(temperature=0.0)
 PROMPTS = [
@@ -53,16 +54,6 @@ def run_jobs(engine: BatchEngine, jobs: list[Job], timeout: float = 60) -> list[
         if isinstance(r, BaseException):
             raise r
     return results  # type: ignore[return-value]
-
-
-def reference_greedy(tiny_model, prompt: str, new_tokens: int) -> list[int]:
-    model, tokenizer = tiny_model
-    ids = tokenizer(prompt, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None
-        )
-    return out[0, ids.shape[1] :].tolist()
 
 
 def job(tokenizer, prompt: str, new_tokens: int, sampling: SamplingParams = GREEDY, **kw) -> Job:

@@ -33,15 +33,22 @@ Seed = Annotated[int | None, Strict(), Field(ge=0, le=2**63 - 1, description="Ma
 IgnoreEos = Annotated[bool, Strict(), Field(description="Keep generating past end-of-sequence (benchmarks).")]
 
 
-def check_stop_strings(stops: list[str]) -> list[str]:
+def check_stop_string(stop: str) -> str:
+    if not stop:
+        raise ValueError("stop strings must not be empty")  # "" would end every completion before it starts
+    return stop
+
+
+def check_stop_count(stops: list[str]) -> list[str]:
     if len(stops) > MAX_STOP_STRINGS:
         raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-    if any(not s for s in stops):
-        raise ValueError("stop strings must not be empty")
     return stops
 
 
-StopStrings = Annotated[list[str], AfterValidator(check_stop_strings), Field(description="Stop strings (at most 4).")]
+StopString = Annotated[str, AfterValidator(check_stop_string)]
+StopStrings = Annotated[
+    list[StopString], AfterValidator(check_stop_count), Field(description="Stop strings (at most 4).")
+]
 
 
 class SamplingOptions(Protocol):

@@ -120,7 +120,10 @@ class AsyncEngine:
         pieces = IncrementalDetokenizer(self.tokenizer, hold_back=max((len(s) for s in params.stop), default=1) - 1)
         finished = False
         async with self._admission():
-            self.engine.submit(job)
+            try:
+                self.engine.submit(job)
+            except EngineStopped:  # the slot came free as the server was stopping
+                raise ShuttingDown() from None
             try:
                 yield Admitted()
                 while True:

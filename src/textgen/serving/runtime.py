@@ -77,10 +77,14 @@ class ModelRuntime:
             log_prompts=s.log_prompts,
         )
         engine.start()
-        self.loaded_at = int(time.time())
-        self._engine = engine
+        self.attach(engine)
         metrics.model_loaded.set(1)
         freeze_startup_objects()
+
+    def attach(self, engine: AsyncEngine) -> None:
+        """Serve with `engine` (started): how loading ends, and how tests serve a model made in process."""
+        self.loaded_at = int(time.time())
+        self._engine = engine
 
     def stop(self) -> None:
         if self._engine is not None:

@@ -12,6 +12,7 @@ from textgen.api.schemas import (
     MaxNewTokens,
     RepetitionPenalty,
     Seed,
+    StopString,
     StopStrings,
     Temperature,
     TopK,
@@ -40,7 +41,7 @@ class SamplingFields(BaseModel):
     n: Literal[1] = Field(1, description="Only one choice per request is supported.")
     stream: StrictBool = False  # strict like the shared fields in schemas.py: "false" is not False
     stream_options: StreamOptions | None = None
-    stop: StopStrings | str | None = None
+    stop: StopStrings | StopString | None = None
     seed: Seed = None
     presence_penalty: Literal[0, 0.0] = Field(0, description="Not supported: must be 0.")
     frequency_penalty: Literal[0, 0.0] = Field(0, description="Not supported: must be 0.")
