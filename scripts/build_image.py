@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """Build the service's OCI image: model import (if missing) -> `bentoml build` -> `bentoml containerize` -> slim.
 
-    python scripts/build_image.py                                  # distilgpt2 from the hub, CPU torch wheel
+    python scripts/build_image.py                                  # distilgpt2 from the hub
     python scripts/build_image.py --random-weights                 # offline: DistilGPT-2 shape, random weights
-    python scripts/build_image.py --random-weights --extra-ca /usr/local/share/ca-certificates
+    python scripts/build_image.py --random-weights --extra-ca proxy-ca.pem   # behind a TLS-intercepting proxy
     python scripts/build_image.py --torch-source index             # torch from the PyTorch CPU index
+    python scripts/build_image.py --torch-wheel torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+
+torch is the CPU build of the version requirements.txt pins. By default (--torch-source auto) pip, with
+its own configuration (find-links, index-url, extra-index-url: a wheelhouse, a mirror, the PyTorch CPU
+index), looks for that wheel for the image's platform (CPython 3.11, manylinux x86-64); the Bento ships
+the wheel it finds. When it finds none, the image installs torch from the PyTorch CPU index at build time.
 
 Works without a registry (base image from scripts/docker_engine.sh) and without BuildKit.
 The last step flattens BentoML's image into one layer without what serving never uses (the
@@ -21,10 +27,15 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from textgen.container_image import PYTHON_VERSION, pinned_torch_version
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WHEEL = Path("/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
+# The wheels the image can install: python:3.11-slim on x86-64 (glibc 2.36).
+IMAGE_WHEEL_TAGS = ["--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", "cp311"]
+IMAGE_WHEEL_TAGS += ["--platform", "manylinux_2_28_x86_64"]
 OFFLINE_MODEL_DIR = Path(os.environ.get("OFFLINE_MODEL_DIR", ROOT.parent / "shared/models/distilgpt2-no-weights"))
 UV_PIN = "uv==0.13.8"  # bentoml build locks packages with uv; it pip-installs uv itself when missing
 
@@ -76,14 +87,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-tag", help="store model to pack (default: $MODEL_TAG, else distilgpt2[-random]:latest)")
     p.add_argument("--random-weights", action="store_true", help="offline: import DistilGPT-2 with random weights")
     p.add_argument("--model-source", type=Path, default=OFFLINE_MODEL_DIR, help="config+tokenizer folder for that")
-    p.add_argument("--torch-source", choices=["wheel", "index"], default="wheel", help="default: %(default)s")
-    p.add_argument("--torch-index", help="find-links page for --torch-source index (default: PyTorch's CPU page)")
-    p.add_argument("--torch-wheel", type=Path, default=DEFAULT_WHEEL, help="CPU wheel (default: %(default)s)")
+    p.add_argument(
+        "--torch-source",
+        choices=["auto", "wheel", "index"],
+        default="auto",
+        help="auto: the wheel pip finds, else index; wheel: that wheel, or fail; index: torch from the PyTorch CPU "
+        "index when the image is built (default: %(default)s)",
+    )
+    p.add_argument("--torch-index", help="find-links page torch comes from in index mode (default: PyTorch's CPU page)")
+    p.add_argument("--torch-wheel", type=Path, metavar="PATH", help="ship this local CPU torch wheel (no pip search)")
     p.add_argument("--extra-ca", action="append", type=Path, default=[], help="PEM file/folder the image trusts")
     p.add_argument("--tag", help="image tag (default: textgen:<bento version>, also tagged textgen:latest)")
     p.add_argument("--no-slim", action="store_true", help="keep BentoML's image as it comes")
     p.add_argument("--setup-engine", action="store_true", help="run scripts/docker_engine.sh first")
     args = p.parse_args(argv)
+    if args.torch_wheel is not None and args.torch_source == "index":
+        p.error("--torch-wheel and --torch-source index exclude each other")
     if args.model_tag is None:
         args.model_tag = os.environ.get("MODEL_TAG") or (
             "distilgpt2-random:latest" if args.random_weights else "distilgpt2:latest"
@@ -118,21 +137,55 @@ def ensure_model(args: argparse.Namespace, env: dict[str, str]) -> None:
     run([sys.executable, str(ROOT / "scripts/import_model.py"), *cmd], env)
 
 
-def stage_wheel(args: argparse.Namespace) -> dict[str, str]:
+def pip_find_wheel(requirement: str, dest: Path) -> tuple[Path | None, str]:
+    """The image's wheel for `requirement` as pip finds it, downloaded into `dest`; else None and pip's reason.
+
+    A plain `pip download` so that pip's own configuration (files, PIP_* variables) decides where it looks.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *IMAGE_WHEEL_TAGS]
+    cmd += ["--dest", str(dest), requirement]
+    print("+", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if done.returncode == 0 and len(wheels) == 1:
+        return wheels[0], ""
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+    return None, (errors or done.stderr.strip().splitlines() or [f"pip exited with {done.returncode}"])[0]
+
+
+def choose_torch(source: str, wheel: Path | None, version: str, dest: Path) -> tuple[str, Path | None]:
+    """Where the image gets torch: ("wheel", the wheel to ship in the Bento) or ("index", None)."""
+    if source == "index":
+        return "index", None
+    if wheel is not None:
+        return "wheel", wheel
+    found, why = pip_find_wheel(f"torch=={version}+cpu", dest)
+    if found is not None:
+        return "wheel", found
+    if source == "wheel":
+        sys.exit(f"error: pip finds no CPU wheel of torch {version} for the image ({why}); use --torch-wheel PATH")
+    print(
+        f"==> pip finds no CPU wheel of torch {version} for the image ({why}); the image will install it at build "
+        "time from the PyTorch CPU index (or --torch-index)"
+    )
+    return "index", None
+
+
+def stage_wheel(source: str, wheel: Path | None, index: str | None) -> dict[str, str]:
     """Put the CPU wheel where bentofile.yaml includes it (wheel mode), or nothing there (index mode)."""
     folder = ROOT / "wheels"
     for stale in folder.glob("torch-*.whl"):
-        if args.torch_source == "index" or stale.name != args.torch_wheel.name:
+        if wheel is None or stale.name != wheel.name:
             stale.unlink()
-    if args.torch_source == "index":
-        mirror = {"TEXTGEN_TORCH_INDEX": args.torch_index} if args.torch_index else {}
+    if source == "index" or wheel is None:
+        mirror = {"TEXTGEN_TORCH_INDEX": index} if index else {}
         return {"TEXTGEN_TORCH_SOURCE": "index", **mirror}
-    if not args.torch_wheel.is_file():
-        sys.exit(f"error: no torch wheel at {args.torch_wheel} (--torch-wheel PATH, or --torch-source index)")
+    if not wheel.is_file():
+        sys.exit(f"error: no torch wheel at {wheel} (--torch-wheel PATH, or --torch-source index)")
     folder.mkdir(exist_ok=True)
-    target = folder / args.torch_wheel.name
-    if not target.exists() or target.stat().st_size != args.torch_wheel.stat().st_size:
-        shutil.copyfile(args.torch_wheel, target)
+    target = folder / wheel.name
+    if not target.exists() or target.stat().st_size != wheel.stat().st_size:
+        shutil.copyfile(wheel, target)
     return {"TEXTGEN_TORCH_SOURCE": "wheel", "TEXTGEN_TORCH_WHEEL": target.name}
 
 
@@ -173,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         run(["bash", str(ROOT / "scripts/docker_engine.sh")])
     env = build_env()
     ensure_model(args, env)
-    env.update(stage_wheel(args), MODEL_TAG=args.model_tag)
+    (ROOT / "build").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ROOT / "build") as downloads:
+        source, wheel = choose_torch(args.torch_source, args.torch_wheel, pinned_torch_version(), Path(downloads))
+        env.update(stage_wheel(source, wheel, args.torch_index), MODEL_TAG=args.model_tag)
     if args.extra_ca:
         env["TEXTGEN_EXTRA_CA"] = ":".join(str(p.resolve()) for p in args.extra_ca)
     out = run(["bentoml", "build", "--output", "tag", str(ROOT)], env, capture=True)
@@ -186,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     run(["docker", "tag", final, "textgen:latest"])
     size = image_size(final)
     sizes = f"bentoml image {image_size(full) / 1e9:.2f} GB, " if full != final else ""
-    (ROOT / "build").mkdir(exist_ok=True)
     (ROOT / "build/image.env").write_text(f"IMAGE={final}\nBENTO={bento}\nIMAGE_SIZE_BYTES={size}\n")
     print(f"\nimage {final} (also textgen:latest): {size / 1e9:.2f} GB ({sizes}bento {bento}, model {args.model_tag})")
     return 0

@@ -2,8 +2,14 @@
 """Put a Hugging Face causal LM into the BentoML model store.
 
     python scripts/import_model.py                                  # distilbert/distilgpt2 from the hub
+    python scripts/import_model.py --hub-id HuggingFaceTB/SmolLM2-135M-Instruct   # stored as smollm2-135m-instruct
     python scripts/import_model.py --source ./my-model              # a local folder with weights
     python scripts/import_model.py --source DIR --random-weights    # config + tokenizer, seeded random weights
+
+From the hub it downloads the whole repository except weights in other formats than safetensors and
+exports (ONNX, TFLite, GGUF, Core ML, OpenVINO, original/, consolidated*), so that tokenizer files and
+chat templates come along whatever their names. Pickled weights (*.bin, *.pt, *.pth, *.ckpt) are never
+downloaded, since loading them can run code: a hub model needs safetensors weights.
 
 The store model records where its weights came from (hub id and revision, local
 path, or random) in its labels and metadata. An existing model is kept unless --force.
@@ -12,6 +18,7 @@ path, or random) in its labels and metadata. An existing model is kept unless --
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -24,10 +31,36 @@ from textgen.serving.model_store import save_to_store
 
 DEFAULT_HUB_ID = "distilbert/distilgpt2"
 DEFAULT_NAME = "distilgpt2"
+# What a snapshot leaves out (huggingface_hub's fnmatch patterns; `*` crosses `/`). An ignore list rather than
+# an allow list: tokenizers and chat templates come in many file names (tokenizer.model, chat_template.jinja, ...).
+IGNORE_PATTERNS = [
+    *("*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt"),  # pickled weights: loading them can run code
+    *("*.h5", "*.msgpack", "*.msgpack.index.json", "*.ot"),  # TensorFlow, Flax and Rust weights
+    *("*.onnx", "*.onnx_data", "onnx/*", "*.tflite", "*.gguf", "*.mlmodel", "coreml/*", "openvino/*"),  # exports
+    *("original/*", "consolidated*"),  # the authors' own checkpoint format, next to the transformers one
+]
+TAG_NAME_MAX = 63  # BentoML's limit on a tag's name
 
 
 class HubUnreachable(RuntimeError):
     pass
+
+
+class NoSafetensors(RuntimeError):
+    pass
+
+
+def name_from_hub_id(hub_id: str) -> str:
+    """The store name for a hub repository (or a folder): its last path segment as a BentoML tag name.
+
+    BentoML names are lower-case letters, digits and `-._` inside, at most 63 characters, starting and ending
+    with a letter or digit: `HuggingFaceTB/SmolLM2-135M-Instruct` -> `smollm2-135m-instruct`.
+    """
+    name = re.sub(r"[^a-z0-9._-]+", "-", hub_id.rstrip("/").rsplit("/", 1)[-1].lower())
+    name = name.strip("-._")[:TAG_NAME_MAX].rstrip("-._")
+    if not name:
+        raise ValueError(f"cannot make a model name of {hub_id!r}: pass --name")
+    return name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,13 +70,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", type=Path, help="local folder instead of the hub")
     parser.add_argument("--random-weights", action="store_true", help="random init from --source's config.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default: %(default)s)")
-    parser.add_argument("--name", help=f"store name (default: {DEFAULT_NAME}, or {DEFAULT_NAME}-random)")
+    parser.add_argument(
+        "--name",
+        help=f"store name (default: the last part of --hub-id or --source as a tag name, {DEFAULT_NAME} for "
+        f"{DEFAULT_HUB_ID}; {DEFAULT_NAME}-random with --random-weights)",
+    )
     parser.add_argument("--force", action="store_true", help="import again even if the store has the model")
     args = parser.parse_args(argv)
     if args.random_weights and args.source is None:
         parser.error("--random-weights needs --source DIR (a folder with config.json and the tokenizer)")
     if args.name is None:
-        args.name = f"{DEFAULT_NAME}-random" if args.random_weights else DEFAULT_NAME
+        try:
+            origin = str(args.source.resolve()) if args.source is not None else args.hub_id
+            args.name = f"{DEFAULT_NAME}-random" if args.random_weights else name_from_hub_id(origin)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -60,9 +101,14 @@ def download(hub_id: str, revision: str) -> tuple[Path, str]:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        folder = snapshot_download(hub_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        folder = snapshot_download(hub_id, revision=revision, ignore_patterns=IGNORE_PATTERNS)
     except (LocalEntryNotFoundError, OSError) as exc:
         raise HubUnreachable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    if not any(Path(folder).glob("*.safetensors")):
+        raise NoSafetensors(
+            f"{hub_id}@{revision} has no safetensors weights (pickled *.bin/*.pt weights are not downloaded: "
+            "loading them can run code). Convert them yourself and import the folder with --source DIR"
+        )
     from huggingface_hub import model_info
 
     try:
@@ -114,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             "--source DIR --random-weights (stored as distilgpt2-random). Nothing was stored.",
             file=sys.stderr,
         )
+        return 2
+    except NoSafetensors as exc:
+        print(f"error: {exc}. Nothing was stored.", file=sys.stderr)
         return 2
     meta = stored.info.metadata
     print(

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a running server:
-#   installs everything into .venv, imports the model into the BentoML store if missing,
-#   and runs `bentoml serve` with an API key (API_KEY, else .api-key, else a new one).
+#   installs what serving needs into .venv (requirements.txt, no test tools), imports the model into the
+#   BentoML store if missing, and runs `bentoml serve` with an API key (API_KEY, else .api-key, else a new one).
+# It listens on 127.0.0.1:3000, this machine only; HOST and PORT change that (HOST=0.0.0.0: every interface).
 # Without the Hugging Face hub it serves DistilGPT-2's architecture with RANDOM weights (noise text),
 # built from the config and tokenizer in $OFFLINE_MODEL_DIR, and says so.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-source scripts/setup_env.sh
+source scripts/setup_env.sh serve
 
+HOST="${HOST:-127.0.0.1}"
 PORT="${PORT:-3000}"
 OFFLINE_MODEL_DIR="${OFFLINE_MODEL_DIR:-$ROOT/../shared/models/distilgpt2-no-weights}"
 
@@ -40,7 +42,13 @@ if [[ "$MODEL_TAG" == *random* ]]; then
 else
   echo "==> serving $MODEL_TAG"
 fi
-echo "==> http://127.0.0.1:$PORT  (try: curl -H \"x-api-key: \$(cat .api-key)\" -d '{\"prompt\": \"Hello\"}' http://127.0.0.1:$PORT/generate)"
+url_host="$HOST"
+[[ "$HOST" == *:* ]] && url_host="[$HOST]"  # an IPv6 address goes in brackets in a URL
+url="http://$url_host:$PORT"
+echo "==> $url  (try: curl -H \"x-api-key: \$(cat .api-key)\" -d '{\"prompt\": \"Hello\"}' $url/generate)"
+if [[ "$HOST" == "0.0.0.0" || "$HOST" == "::" ]]; then
+  echo "==> HOST=$HOST: listening on every interface, open to other machines that can reach port $PORT"
+fi
 # On SIGTERM (Ctrl-C) in-flight and queued requests finish first, for at most SHUTDOWN_TIMEOUT_S seconds.
-exec bentoml serve service:TextGeneration --host "${HOST:-0.0.0.0}" --port "$PORT" \
+exec bentoml serve service:TextGeneration --host "$HOST" --port "$PORT" \
   --timeout-graceful-shutdown "${SHUTDOWN_TIMEOUT_S:-120}"

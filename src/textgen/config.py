@@ -24,6 +24,20 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def effective_open_paths(entries: list[str]) -> list[str]:
+    """DEFAULT_OPEN_PATHS plus the `/path` entries, minus the `-/path` ones.
+
+    Additive because users read AUTH_OPEN_PATHS=/docs as "also /docs": replacing the defaults put
+    /health and /readyz behind the key and broke healthchecks. A removal that names no open path
+    is refused: a typo such as `-/metric` would otherwise leave /metrics open without a word.
+    """
+    removed = [e[1:] for e in entries if e.startswith("-")]
+    paths = list(dict.fromkeys([*DEFAULT_OPEN_PATHS, *(e for e in entries if not e.startswith("-"))]))
+    if unknown := [p for p in removed if p not in paths]:
+        raise ValueError(f"cannot close {', '.join(unknown)}: not an open path (open: {', '.join(paths)})")
+    return [p for p in paths if p not in removed]
+
+
 class Settings(BaseSettings):
     """Every knob of the service. Names are the environment variables, upper-cased."""
 
@@ -40,7 +54,13 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     api_keys_file: Path | None = Field(None, description="One key per line; re-read when the file changes.")
     auth_disabled: bool = False
-    auth_open_paths: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_OPEN_PATHS))
+    auth_open_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Paths open without a key, in addition to " + ",".join(DEFAULT_OPEN_PATHS) + "; an entry ending in `*` "
+            "is a prefix, one starting with `-` closes a path (`/docs,-/metrics`). See open_paths()."
+        ),
+    )
 
     # Admission and batching
     max_concurrency: int = Field(5, ge=1, description="Generations admitted to the model at once.")
@@ -66,6 +86,12 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
+    @field_validator("auth_open_paths")
+    @classmethod
+    def _open_paths_valid(cls, value: list[str]) -> list[str]:
+        effective_open_paths(value)  # refuses a bad `-` entry at start, not at the first request
+        return value
+
     @model_validator(mode="after")
     def _batch_defaults_to_limit(self) -> Settings:
         if self.max_batch_size is None:
@@ -76,6 +102,10 @@ class Settings(BaseSettings):
         """Keys given directly in settings (the keys file is read by the auth module)."""
         keys = [self.api_key] if self.api_key else []
         return [k.get_secret_value() for k in [*keys, *self.api_keys] if k.get_secret_value()]
+
+    def open_paths(self) -> list[str]:
+        """The paths that need no key: the defaults changed by AUTH_OPEN_PATHS."""
+        return effective_open_paths(self.auth_open_paths)
 
     def auth_configured(self) -> bool:
         return self.auth_disabled or bool(self.static_keys()) or self.api_keys_file is not None

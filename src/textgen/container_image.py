@@ -43,6 +43,10 @@ def _requirements() -> tuple[list[str], str]:
     return [p for p in packages if not TORCH_PIN.match(p)], torch[0]
 
 
+def pinned_torch_version() -> str:
+    return _requirements()[1]
+
+
 def torch_requirement(source: str, version: str) -> list[str]:
     if source == "wheel":
         wheel = os.environ.get("TEXTGEN_TORCH_WHEEL", f"torch-{version}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")

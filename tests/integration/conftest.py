@@ -69,22 +69,27 @@ class Server:
             time.sleep(0.05)
 
 
-def start_server(store_home: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def server_env(store_home: Path, log: Path, env: dict[str, str]) -> dict[str, str]:
+    """This process's environment with `env`, a BentoML home of the server's own, and no stray server settings."""
     # Each server gets its own BentoML home sharing the model store: servers sharing a home share (and wipe)
     # one Prometheus multiprocess directory.
     home = log.parent / f"bentoml-home-{log.stem}"
     home.mkdir(exist_ok=True)
     if not (home / "models").exists():
         (home / "models").symlink_to(store_home / "models")
-    port = free_port()
     full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
-    for name in ("API_KEY", "API_KEYS", "API_KEYS_FILE", "AUTH_DISABLED", "MODEL_TAG"):
+    for name in ("API_KEY", "API_KEYS", "API_KEYS_FILE", "AUTH_DISABLED", "MODEL_TAG", "HOST", "PORT"):
         if name not in env:
             full_env.pop(name, None)
+    return full_env
+
+
+def start_server(store_home: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     process = subprocess.Popen(
         [bentoml_bin(), "serve", "service:TextGeneration", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
-        env=full_env,
+        env=server_env(store_home, log, env),
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -116,17 +121,23 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def store_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """A BentoML home whose store holds the tiny model, imported by the project's own script."""
-    home = tmp_path_factory.mktemp("bentoml-home")
-    subprocess.run(
-        [sys.executable, "scripts/import_model.py", "--source", str(tiny_model_dir), "--name", MODEL_NAME],
+def import_model(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """scripts/import_model.py ARGS into the store of BentoML home `home`."""
+    return subprocess.run(
+        [sys.executable, "scripts/import_model.py", *args],
         cwd=REPO,
         env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
         check=True,
         capture_output=True,
+        text=True,
     )
+
+
+@pytest.fixture(scope="session")
+def store_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A BentoML home whose store holds the tiny model, imported by the project's own script."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    import_model(home, "--source", str(tiny_model_dir), "--name", MODEL_NAME)
     return home
 
 

@@ -38,6 +38,8 @@ def make_client(settings: Settings, max_bytes: int = 1024) -> TestClient:
         routes=[
             Route("/echo", echo, methods=["POST"]),
             Route("/health", lambda _: JSONResponse({"status": "ok"})),
+            Route("/metrics", lambda _: PlainTextResponse("requests_total 1\n")),
+            Route("/docs", lambda _: PlainTextResponse("<html>docs</html>")),
             Route("/invalid", bentoml_style_validation_error, methods=["POST"]),
             Route("/crash", crash),
         ]
@@ -77,6 +79,23 @@ def test_open_paths_need_no_key_and_prefix_entries_work():
     assert client.get("/health").status_code == 200
     assert client.post("/echo", json={}).status_code == 200
     assert client.get("/crash").status_code == 401
+
+
+def test_auth_open_paths_adds_to_the_default_open_paths():
+    assert_error(make_client(Settings(api_key=KEY, _env_file=None)).get("/docs"), 401, "unauthorized")
+    client = make_client(Settings(api_key=KEY, auth_open_paths="/docs", _env_file=None))
+    assert client.get("/docs").status_code == 200
+    assert client.get("/health").status_code == 200  # still open: AUTH_OPEN_PATHS no longer replaces
+    assert client.get("/metrics").status_code == 200
+    assert_error(client.get("/crash"), 401, "unauthorized")
+
+
+def test_a_dash_entry_puts_a_default_open_path_behind_the_key():
+    client = make_client(Settings(api_key=KEY, auth_open_paths="/docs,-/metrics", _env_file=None))
+    assert_error(client.get("/metrics"), 401, "unauthorized")
+    assert client.get("/metrics", headers={"x-api-key": KEY}).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert client.get("/docs").status_code == 200
 
 
 def test_disabled_auth_lets_everything_through():

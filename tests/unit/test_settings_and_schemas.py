@@ -14,22 +14,46 @@ from textgen.config import DEFAULT_OPEN_PATHS, Settings
 def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("API_KEYS", "key-a, key-b,,key-c")
     monkeypatch.setenv("MAX_CONCURRENCY", "7")
-    monkeypatch.setenv("AUTH_OPEN_PATHS", '["/health"]')
+    monkeypatch.setenv("AUTH_OPEN_PATHS", '["/docs", "-/metrics"]')  # the JSON list form
     s = Settings(_env_file=None)
     assert s.static_keys() == ["key-a", "key-b", "key-c"]
     assert (s.max_concurrency, s.max_batch_size) == (7, 7)  # batch size follows the limit unless set
-    assert s.auth_open_paths == ["/health"]
+    assert s.open_paths() == ["/health", "/livez", "/readyz", "/healthz", "/docs"]
     assert "key-a" not in repr(s)  # keys are secrets: never printed
 
 
 def test_defaults_are_secure_and_documented():
     s = Settings(_env_file=None)
     assert s.max_concurrency == 5
-    assert s.auth_open_paths == list(DEFAULT_OPEN_PATHS)
+    assert s.open_paths() == list(DEFAULT_OPEN_PATHS)
     with pytest.raises(AuthNotConfigured, match="API_KEY"):
         check_auth_configured(s)
     check_auth_configured(Settings(auth_disabled=True, _env_file=None))
     check_auth_configured(Settings(api_key="x", _env_file=None))
+
+
+@pytest.mark.parametrize(
+    ("value", "opened"),
+    [
+        ("/docs", [*DEFAULT_OPEN_PATHS, "/docs"]),  # adds: the health probes stay open
+        ("/docs.json, /static_content/*", [*DEFAULT_OPEN_PATHS, "/docs.json", "/static_content/*"]),
+        ("/health,/readyz", list(DEFAULT_OPEN_PATHS)),  # naming a default again changes nothing
+        ("/docs,-/metrics", ["/health", "/livez", "/readyz", "/healthz", "/docs"]),
+        ("-/metrics,-/healthz", ["/health", "/livez", "/readyz"]),
+        ("/docs,-/docs", list(DEFAULT_OPEN_PATHS)),
+        ("", list(DEFAULT_OPEN_PATHS)),
+    ],
+)
+def test_auth_open_paths_add_to_the_defaults_and_dash_closes(monkeypatch, value, opened):
+    monkeypatch.setenv("AUTH_OPEN_PATHS", value)
+    assert Settings(_env_file=None).open_paths() == opened
+
+
+@pytest.mark.parametrize("value", ["-/metric", "/docs,-/doc", "- /metrics", "-"])
+def test_closing_a_path_that_is_not_open_is_refused(monkeypatch, value):
+    monkeypatch.setenv("AUTH_OPEN_PATHS", value)
+    with pytest.raises(ValidationError, match=r"cannot close .*not an open path"):
+        Settings(_env_file=None)
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,7 @@ class APIKeyMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.disabled = settings.auth_disabled
-        self.open_paths = settings.auth_open_paths
+        self.open_paths = settings.open_paths()
         self.keys = KeyRing(settings.static_keys(), settings.api_keys_file)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
