@@ -222,6 +222,16 @@ def slim(full: str, final: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return build(args)
+    except subprocess.CalledProcessError as exc:
+        # The step has said what went wrong above; say which step, and what usually causes it.
+        step = " ".join(str(a) for a in exc.cmd[:3])
+        print(f"\nerror: `{step} ...` failed (exit {exc.returncode}); nothing was tagged.", file=sys.stderr)
+        return 1
+
+
+def build(args: argparse.Namespace) -> int:
     if args.setup_engine:
         run(["bash", str(ROOT / "scripts/docker_engine.sh")])
     env = build_env()
@@ -232,7 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         env.update(stage_wheel(source, wheel, args.torch_index), MODEL_TAG=args.model_tag)
     if args.extra_ca:
         env["TEXTGEN_EXTRA_CA"] = ":".join(str(p.resolve()) for p in args.extra_ca)
-    out = run(["bentoml", "build", "--output", "tag", str(ROOT)], env, capture=True)
+    try:
+        out = run(["bentoml", "build", "--output", "tag", str(ROOT)], env, capture=True)
+    except subprocess.CalledProcessError:
+        if env.get("TEXTGEN_TORCH_SOURCE") == "index":
+            print(
+                "\nIn index mode `bentoml build` fetches torch from the PyTorch CPU index (or --torch-index): that "
+                "host must be reachable from here, or ship a CPU wheel with --torch-wheel PATH.",
+                file=sys.stderr,
+            )
+        raise
     bento = out.strip().splitlines()[-1].removeprefix("__tag__:")
     final = args.tag or f"textgen:{bento.split(':')[1]}"
     full = final if args.no_slim else f"{final}-bentoml"

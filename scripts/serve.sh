@@ -22,7 +22,7 @@ if [[ -z "${MODEL_TAG:-}" ]]; then
     python scripts/import_model.py --source "$OFFLINE_MODEL_DIR" --random-weights
     export MODEL_TAG="distilgpt2-random:latest"
   else
-    echo "error: no model: the hub is out of reach and $OFFLINE_MODEL_DIR has no config.json (set OFFLINE_MODEL_DIR)" >&2
+    echo "error: no model: the hub is out of reach and $OFFLINE_MODEL_DIR has no config.json. Set OFFLINE_MODEL_DIR to a folder with DistilGPT-2's config.json and tokenizer (random weights), or import a model with scripts/import_model.py --source DIR and set MODEL_TAG" >&2
     exit 2
   fi
 fi

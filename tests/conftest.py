@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny GPT-2 (real tokenizer, random weights) built locally, no hub needed."""
+"""Shared fixtures: a tiny GPT-2 (real tokenizer, random weights) built locally.
+
+The tokenizer is DistilGPT-2's: from OFFLINE_MODEL_DIR (by default the sibling shared/ folder of our build
+machines) if it is there, else from the Hugging Face hub."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedM
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = Path(os.environ.get("OFFLINE_MODEL_DIR", REPO.parent / "shared/models/distilgpt2-no-weights"))
+TOKENIZER_HUB_ID = "distilbert/distilgpt2"
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
@@ -20,8 +24,19 @@ def build_tiny_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenize
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=1024, vocab_size=50257)
     model = GPT2LMHeadModel(config).eval()
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    return model, tokenizer
+    return model, load_tokenizer()
+
+
+def load_tokenizer() -> PreTrainedTokenizerBase:
+    source = TOKENIZER_DIR if (TOKENIZER_DIR / "tokenizer_config.json").is_file() else TOKENIZER_HUB_ID
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        pytest.exit(
+            f"the tests need DistilGPT-2's tokenizer: {TOKENIZER_DIR} has none and the hub gave: {exc}. Set "
+            "OFFLINE_MODEL_DIR to a folder with it (config.json, tokenizer.json, ...), or allow the hub.",
+            returncode=2,
+        )
 
 
 @pytest.fixture(scope="session")
