@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from textgen.serving.admission import AdmissionGate, QueueFull, QueueTimeout
+from textgen.serving.admission import AdmissionGate
+from textgen.serving.errors import Overloaded, QueueTimedOut
 
 
 def run(coro):
@@ -64,7 +65,7 @@ def test_full_queue_is_refused_at_once():
     async def scenario():
         gate = AdmissionGate(limit=1, max_queue=1, timeout_s=5)
         release, tasks = await occupy(gate, 2)  # one runs, one waits
-        with pytest.raises(QueueFull):
+        with pytest.raises(Overloaded):
             await enter_and_leave(gate)
         release.set()
         await asyncio.gather(*tasks)
@@ -76,7 +77,7 @@ def test_wait_times_out_and_a_timed_out_waiter_does_not_keep_a_slot():
     async def scenario():
         gate = AdmissionGate(limit=1, max_queue=5, timeout_s=0.05)
         release, tasks = await occupy(gate, 1)
-        with pytest.raises(QueueTimeout):
+        with pytest.raises(QueueTimedOut):
             await enter_and_leave(gate)
         release.set()
         await asyncio.gather(*tasks)

@@ -15,13 +15,7 @@ from contextlib import asynccontextmanager
 
 from pydantic import BaseModel
 
-
-class QueueFull(Exception):
-    """Every slot is busy and the queue is at its limit."""
-
-
-class QueueTimeout(Exception):
-    """No slot came free within the wait limit."""
+from .errors import Overloaded, QueueTimedOut
 
 
 class GenerationLoad(BaseModel):
@@ -83,7 +77,10 @@ class AdmissionGate:
             self.running += 1
             return
         if self.waiting >= self.max_queue:
-            raise QueueFull
+            raise Overloaded(
+                f"all {self.limit} generation slots are busy and {self.max_queue} requests are waiting",
+                retry_after_s=self.retry_after_s(),
+            )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -92,7 +89,8 @@ class AdmissionGate:
             if waiter.done() and not waiter.cancelled():
                 self._release()  # the slot was handed over as we gave up: pass it on
             if isinstance(exc, TimeoutError):
-                raise QueueTimeout from None
+                message = f"no generation slot came free within {self.timeout_s:g} s"
+                raise QueueTimedOut(message, retry_after_s=self.retry_after_s()) from None
             raise
         finally:
             if waiter in self._waiters and waiter.done():

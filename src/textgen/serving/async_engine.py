@@ -23,7 +23,7 @@ from textgen.engine import (
     Job,
 )
 
-from .admission import AdmissionGate, QueueFull, QueueTimeout
+from .admission import AdmissionGate
 from .errors import ContextTooLong, GenerationFailed, Overloaded, QueueTimedOut, ShuttingDown
 from .faults import FaultInjector
 from .metrics import GenerationMetrics
@@ -149,7 +149,7 @@ class AsyncEngine:
 
     @asynccontextmanager
     async def _admission(self) -> AsyncIterator[None]:
-        """A slot for the request's job, counting each request's outcome; queue refusals carry a retry time."""
+        """A slot for the request's job (the gate refuses with Overloaded or QueueTimedOut), counting outcomes."""
         outcome = None
         try:
             async with self.gate.slot():
@@ -165,18 +165,12 @@ class AsyncEngine:
                 except Exception:
                     outcome = "error"
                     raise
-        except QueueFull:
+        except Overloaded:
             outcome = "rejected_queue_full"
-            raise Overloaded(
-                f"all {self.gate.limit} generation slots are busy and {self.gate.max_queue} requests are waiting",
-                retry_after_s=self.gate.retry_after_s(),
-            ) from None
-        except QueueTimeout:
+            raise
+        except QueueTimedOut:
             outcome = "rejected_queue_timeout"
-            raise QueueTimedOut(
-                f"no generation slot came free within {self.gate.timeout_s:g} s",
-                retry_after_s=self.gate.retry_after_s(),
-            ) from None
+            raise
         finally:
             if outcome is not None:
                 self.metrics.requests.labels(outcome).inc()
