@@ -14,23 +14,19 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.e2e.docker_support import ROOT, docker, free_loopback_port, logs_of
+
 pytestmark = pytest.mark.container
 
-ROOT = Path(__file__).resolve().parents[2]
-LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
 API_KEY = secrets.token_urlsafe(24)  # given at `docker run` only: the image has no key
 READY_TIMEOUT_S = 180
 SIZE_TARGET_BYTES = 1.5e9
@@ -47,33 +43,8 @@ class Container:
     load_per_cpu: float  # 1-minute load average per CPU just before `docker run`
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def auth(key: str = API_KEY) -> dict[str, str]:
     return {"x-api-key": key}
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    if docker("info", check=False).returncode != 0:
-        pytest.fail("no Docker engine answers: run scripts/docker_engine.sh (as root) first")
-    if tag := os.environ.get("TEXTGEN_IMAGE"):
-        docker("image", "inspect", tag)  # fails the test run if it is not there
-        return tag
-    cmd = [sys.executable, str(ROOT / "scripts/build_image.py"), "--random-weights"]
-    extra_ca = os.environ.get("TEXTGEN_EXTRA_CA") or (str(LOCAL_CA_DIR) if any(LOCAL_CA_DIR.glob("*.crt")) else "")
-    cmd += [arg for ca in filter(None, extra_ca.split(":")) for arg in ("--extra-ca", ca)]
-    subprocess.run(cmd, check=True, timeout=1800)
-    built = dict(line.split("=", 1) for line in (ROOT / "build/image.env").read_text().split())
-    return built["IMAGE"]
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +77,6 @@ def wait_ready(url: str, name: str, started: float) -> float:
         assert state == "true", f"container exited before ready:\n{logs_of(name)[-3000:]}"
         time.sleep(0.1)
     pytest.fail(f"not ready within {READY_TIMEOUT_S} s:\n{logs_of(name)[-3000:]}")
-
-
-def logs_of(name: str) -> str:
-    logs = docker("logs", name, check=False)
-    return logs.stdout + logs.stderr
 
 
 def image_size(image: str) -> int:
