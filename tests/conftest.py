@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
 
+from tests.k8s_render import VARIANTS, render_all
+
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = Path(os.environ.get("OFFLINE_MODEL_DIR", REPO.parent / "shared/models/distilgpt2-no-weights"))
 TOKENIZER_HUB_ID = "distilbert/distilgpt2"
@@ -51,3 +53,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def k8s_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    """deploy/k8s rendered by `kubectl kustomize`, each variant of tests/k8s_render.py (once per test module)."""
+    return render_all(tmp_path_factory.mktemp("kustomize"))
+
+
+@pytest.fixture(params=VARIANTS)
+def k8s_manifests(request: pytest.FixtureRequest, k8s_rendered: dict[str, list[dict]]) -> list[dict]:
+    """One variant's objects: a test taking it runs for each."""
+    return k8s_rendered[request.param]
