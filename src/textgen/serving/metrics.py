@@ -56,7 +56,7 @@ class GenerationMetrics:
             self.tokens_per_second.observe(generated / t.inference_s)
         self.time_to_first_token.observe(t.time_to_first_token_s)
         if generated > 1:
-            decode_s = t.inference_s - (t.time_to_first_token_s - t.queue_s)
+            decode_s = t.inference_s - (t.time_to_first_token_s - t.queue_s)  # first token to last
             self.inter_token_latency.observe(decode_s / (generated - 1))
         self.prompt_tokens.inc(output.prompt_tokens)
         self.generated_tokens.inc(generated)

@@ -44,7 +44,6 @@ class ModelRuntime:
         self.gate = AdmissionGate(settings.max_concurrency, settings.max_queue, settings.queue_timeout_s)
         self.started_at = time.monotonic()
         self.loaded_at = 0  # wall-clock seconds, as OpenAI's `created`
-        self.metrics: GenerationMetrics | None = None
         self._engine: AsyncEngine | None = None
 
     @property
@@ -61,9 +60,8 @@ class ModelRuntime:
         """In the worker: apply process settings, then load in the background (`/livez` answers meanwhile)."""
         configure_torch(self.settings)
         # Made here: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker after the service module is imported.
-        self.metrics = get_metrics()
-        self.started_at = time.monotonic()
-        threading.Thread(target=self._load, args=(stored, self.metrics), name="model-loader", daemon=True).start()
+        metrics = get_metrics()
+        threading.Thread(target=self._load, args=(stored, metrics), name="model-loader", daemon=True).start()
 
     def _load(self, stored: bentoml.Model, metrics: GenerationMetrics) -> None:
         s = self.settings
