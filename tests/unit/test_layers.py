@@ -43,6 +43,13 @@ def test_the_engine_loads_nothing_of_the_http_world_or_the_layers_above():
     assert not forbidden
 
 
+def test_engine_modules_import_only_torch_transformers_and_the_grammar_library():
+    allowed = ("torch", "transformers", "llguidance", "textgen.engine")
+    for path in (SRC / "engine").glob("*.py"):
+        third_party = {n for n in direct_imports(path) if n.split(".")[0] not in sys.stdlib_module_names}
+        assert not third_party - under(third_party, *allowed), path.name
+
+
 def test_serving_loads_nothing_of_the_api():
     modules = [f"textgen.serving.{p.stem}" for p in (SRC / "serving").glob("*.py") if p.stem != "__init__"]
     loaded = loaded_after_import(*modules)
