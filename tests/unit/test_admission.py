@@ -128,3 +128,66 @@ def test_retry_after_estimates_when_the_queue_ahead_will_have_drained():
     # 41 requests ahead of a newcomer (40 waiting and itself), 0.3 s each (a little more on a busy machine),
     # 5 at a time: 2.5 s, rounded up
     assert run(scenario()) in (3, 4)
+
+
+def test_a_request_for_several_slots_takes_them_together_and_in_turn():
+    async def scenario():
+        gate = AdmissionGate(limit=3, max_queue=10, timeout_s=5)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def worker(name: str, count: int, hold: bool):
+            async with gate.slot(count):
+                order.append(name)
+                await (release.wait() if hold else asyncio.sleep(0.01))
+
+        first = asyncio.create_task(worker("two", 2, hold=True))
+        await asyncio.sleep(0.001)
+        # The three-slot request waits; the single one behind it fits but must not jump the queue.
+        big = asyncio.create_task(worker("three", 3, hold=False))
+        await asyncio.sleep(0.001)
+        small = asyncio.create_task(worker("one", 1, hold=False))
+        await asyncio.sleep(0.01)
+        waiting = (gate.running, gate.waiting)
+        release.set()
+        await asyncio.gather(first, big, small)
+        return order, waiting, gate.running
+
+    order, waiting, running = run(scenario())
+    assert waiting == (2, 2)
+    assert order == ["two", "three", "one"]
+    assert running == 0
+
+
+def test_a_big_request_that_gives_up_at_the_head_lets_the_smaller_one_behind_it_in():
+    async def scenario():
+        gate = AdmissionGate(limit=2, max_queue=10, timeout_s=0.2)
+        release, holders = await occupy(gate, 1)
+
+        async def big():
+            async with gate.slot(2):
+                pass
+
+        big_task = asyncio.create_task(big())
+        await asyncio.sleep(0.05)
+        small_task = asyncio.create_task(enter_and_leave(gate))  # fits, but waits behind the big one
+        await asyncio.sleep(0.05)
+        small_waited = not small_task.done()
+        with pytest.raises(QueueTimedOut):
+            await big_task
+        await asyncio.wait_for(small_task, 0.1)  # let in when the big one gave up, long before its own timeout
+        release.set()
+        await asyncio.gather(*holders)
+        return small_waited, gate.running, gate.waiting
+
+    assert run(scenario()) == (True, 0, 0)
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_more_slots_than_exist_are_refused_at_once(count):
+    async def scenario():
+        async with AdmissionGate(limit=2, max_queue=10, timeout_s=5).slot(count):
+            pass
+
+    with pytest.raises(ValueError, match="1 to 2 slots"):
+        run(scenario())

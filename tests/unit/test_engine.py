@@ -212,7 +212,7 @@ def test_a_failing_token_selection_or_callback_fails_only_its_row(engine, tiny_m
     monkeypatch.setattr(engine_module, "select_tokens", select_failing_for_seed_13)
     bad_sampling = job(tokenizer, PROMPTS[0], 8, SamplingParams(seed=13))
     bad_callback = job(tokenizer, PROMPTS[1], 8)
-    bad_callback.on_token = lambda _: 1 / 0  # e.g. a streaming consumer that fails
+    bad_callback.on_token = lambda _token, _logprob: 1 / 0  # e.g. a streaming consumer that fails
     outcomes = run_outcomes(engine, [bad_sampling, job(tokenizer, PROMPTS[2], 8), bad_callback])
     assert isinstance(outcomes[0], RuntimeError)
     assert isinstance(outcomes[2], ZeroDivisionError)

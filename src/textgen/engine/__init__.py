@@ -12,17 +12,20 @@ keeps it that way.
 - `constraints`: OutputConstraint (a request's output shape: JSON schema or object, regex, choice), ConstraintError
 - `grammar`: GrammarCompiler (constraint -> CompiledGrammar, cached) and the per-row GrammarMatcher (llguidance)
 - `masking`: mask_logits / TokenMasker, a batch's logits masked to what each constrained row's grammar allows
+- `logprobs`: token log-probabilities under the model's own distribution
 """
 
 from .batch_engine import BatchEngine, Job
 from .constraints import ConstraintError, OutputConstraint
 from .detokenizer import IncrementalDetokenizer
 from .grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
+from .logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from .masking import TokenMasker, mask_logits
 from .sampling import SamplingParams
 from .types import EngineStopped, FinishReason, GenerationParams, GenerationResult, JobCancelled
 
 __all__ = [
+    "MAX_TOP_LOGPROBS",
     "BatchEngine",
     "CompiledGrammar",
     "ConstraintError",
@@ -37,6 +40,7 @@ __all__ = [
     "JobCancelled",
     "OutputConstraint",
     "SamplingParams",
+    "TokenLogprob",
     "TokenMasker",
     "mask_logits",
 ]

@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .constraints import ConstraintError
+from .grammar import GrammarMatcher
 from .kv_cache import PaddedBatch
+from .logprobs import TokenLogprob, prompt_logprobs, token_logprobs
+from .masking import mask_logits
 from .sampling import make_generator, select_tokens
 from .stopping import StopRules
-from .types import EngineStopped, GenerationParams, GenerationResult, JobCancelled
+from .types import EngineStopped, FinishReason, GenerationParams, GenerationResult, JobCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ class Job:
     prompt_ids: list[int]
     params: GenerationParams
     on_done: Callable[[GenerationResult | BaseException], None] = lambda _: None
-    on_token: Callable[[int], None] | None = None  # for streaming; called from the engine thread
+    on_token: Callable[[int, TokenLogprob | None], None] | None = None  # streaming; called from the engine thread
     # Set by the engine thread.
     output_ids: list[int] = field(default_factory=list)
     cancelled: bool = False
@@ -48,6 +52,14 @@ class Job:
     first_token_at: float = 0.0
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # tokens seen so far, for the repetition penalty
+    matcher: GrammarMatcher | None = None  # the job's own grammar state, when its output is constrained
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+
+    @property
+    def scores_prompt(self) -> bool:
+        """Its prefill must keep the logits of every prompt position (only before its first token)."""
+        return self.params.prompt_logprobs is not None and not self.output_ids and self.prompt_logprobs is None
 
 
 class BatchEngine:
@@ -144,8 +156,14 @@ class BatchEngine:
 
     def _step(self, joiners: list[Job]) -> None:
         try:
-            if joiners:
-                self._prefill(joiners)
+            # A job that scores its prompt needs the logits of every position: it prefills alone, so the
+            # others keep paying for one position each.
+            plain = [job for job in joiners if not job.scores_prompt]
+            if plain:
+                self._prefill(plain)
+            for job in joiners:
+                if job.scores_prompt:
+                    self._prefill([job])
             if self._active:
                 self._decode()
         except Exception:
@@ -172,23 +190,26 @@ class BatchEngine:
             ids[row, width - len(context) :] = torch.tensor(context)
             mask[row, width - len(context) :] = 1
             if not job.output_ids:
-                job.started_at = now
-                job.generator = make_generator(job.params.sampling.seed)
-                if job.params.sampling.repetition_penalty != 1.0:
-                    job.seen = torch.zeros(self.vocab_size, dtype=torch.bool)
-                    job.seen[job.prompt_ids] = True
+                self._begin(job, now)
+        scoring = [job for job in jobs if job.scores_prompt]
+        assert not scoring or len(jobs) == 1, "a job that scores its prompt prefills alone"
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=0 if scoring else 1,  # 0: every position
         )
         batch = PaddedBatch(out.past_key_values, mask.to(self.device))
         self._on_step(len(jobs))
+        for job in scoring:
+            k = job.params.prompt_logprobs or 0
+            job.prompt_logprobs = prompt_logprobs(out.logits[0].float().cpu(), job.prompt_ids, k)
         new = [row for row, job in enumerate(jobs) if not job.output_ids]
-        finished = set(self._advance([jobs[row] for row in new], out.logits[new, -1]))
+        finished = set(self._finish_unbudgeted([jobs[row] for row in new]))
+        new = [row for row in new if jobs[row] not in finished]
+        finished.update(self._advance([jobs[row] for row in new], out.logits[new, -1]))
         survivors = [row for row, job in enumerate(jobs) if job not in finished]
         batch.keep(survivors)
         if not survivors:
@@ -198,6 +219,27 @@ class BatchEngine:
         else:
             self._batch.extend(batch)
         self._active.extend(jobs[row] for row in survivors)
+
+    def _begin(self, job: Job, now: float) -> None:
+        """A job's per-request state, made at its first prefill."""
+        params = job.params
+        job.started_at = now
+        job.generator = make_generator(params.sampling.seed)
+        if params.sampling.repetition_penalty != 1.0:
+            job.seen = torch.zeros(self.vocab_size, dtype=torch.bool)
+            job.seen[job.prompt_ids] = True
+        if params.grammar is not None:
+            job.matcher = params.grammar.matcher()
+        if params.logprobs is not None:
+            job.logprobs = []
+
+    def _finish_unbudgeted(self, jobs: list[Job]) -> list[Job]:
+        """Jobs with no token budget (they only score their prompt) are done once prefilled."""
+        done = [job for job in jobs if job.params.max_new_tokens == 0]
+        for job in done:
+            job.first_token_at = now = time.perf_counter()
+            self._finish(job, self._result(job, "length", "", now))
+        return done
 
     def _decode(self) -> None:
         batch = self._batch
@@ -228,7 +270,11 @@ class BatchEngine:
         Never raises: a job whose token selection or bookkeeping fails is finished with that error alone.
         """
         finished: list[Job] = []
-        for job, token in zip(jobs, self._select(jobs, logits.float().cpu()), strict=True):
+        logits = logits.float().cpu()
+        # Logprobs come from the raw logits: taken before _select masks them in place for grammars.
+        scored = [row for row, job in enumerate(jobs) if job.logprobs is not None]
+        raw_logprobs = dict(zip(scored, logits[scored].log_softmax(dim=-1), strict=True)) if scored else {}
+        for row, (job, token) in enumerate(zip(jobs, self._select(jobs, logits), strict=True)):
             try:
                 if isinstance(token, Exception):
                     raise token
@@ -237,11 +283,18 @@ class BatchEngine:
                     job.first_token_at = time.perf_counter()
                 if job.seen is not None:
                     job.seen[token] = True
+                if job.matcher is not None:
+                    job.matcher.accept(token)
+                entry = None
+                if job.logprobs is not None:
+                    k = job.params.logprobs or 0
+                    entry = token_logprobs(raw_logprobs[row].unsqueeze(0), [token], [k])[0]
+                    job.logprobs.append(entry)
                 if job.cancelled:
                     raise JobCancelled("cancelled")
                 result = self._finished(job)
                 if result is None and job.on_token is not None:
-                    job.on_token(token)
+                    job.on_token(token, entry)
             except Exception as exc:
                 result = exc
             if result is not None:
@@ -252,7 +305,7 @@ class BatchEngine:
     def _select(self, jobs: list[Job], logits: torch.Tensor) -> list[int | Exception]:
         """Next token per row, in one batched call; if that fails, row by row so only the bad rows fail."""
         try:
-            return self._select_rows(jobs, logits)  # type: ignore[return-value]
+            return self._select_rows(jobs, logits)
         except Exception:
             logger.warning("batched token selection failed; selecting row by row", exc_info=True)
         picked: list[int | Exception] = []
@@ -263,21 +316,42 @@ class BatchEngine:
                 picked.append(exc)
         return picked
 
-    def _select_rows(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
+    def _select_rows(self, jobs: list[Job], logits: torch.Tensor) -> list[int | Exception]:
+        """Masks constrained rows to their grammars in place, then picks with each row's own sampling."""
+        matchers: dict[int, GrammarMatcher] = {row: job.matcher for row, job in enumerate(jobs) if job.matcher}
+        failed = mask_logits(logits, list(matchers), list(matchers.values()), self.stop_rules.eos_token_id)
         seen = None
         if any(job.seen is not None for job in jobs):
             seen = torch.stack([job.seen if job.seen is not None else self._no_tokens() for job in jobs])
-        return select_tokens(logits, [j.params.sampling for j in jobs], [j.generator for j in jobs], seen).tolist()
+        picked: list[int | Exception] = select_tokens(
+            logits, [j.params.sampling for j in jobs], [j.generator for j in jobs], seen
+        ).tolist()
+        for row in failed:  # the grammar library gave up on this row (a resource limit): it fails alone
+            picked[row] = ConstraintError(f"the output grammar failed: {matchers[row].error()}")
+        return picked
 
     def _no_tokens(self) -> torch.Tensor:
         return torch.zeros(self.vocab_size, dtype=torch.bool)
 
     def _finished(self, job: Job) -> GenerationResult | None:
-        done = self.stop_rules.check(job.params, job.output_ids)
+        grammar_done = job.matcher is not None and job.matcher.is_terminated()
+        done = self.stop_rules.check(job.params, job.output_ids, grammar_done)
         if done is None:
             return None
         reason, text = done
-        return GenerationResult(job.output_ids, text, reason, job.started_at, job.first_token_at, time.perf_counter())
+        return self._result(job, reason, text, time.perf_counter())
+
+    def _result(self, job: Job, reason: FinishReason, text: str, now: float) -> GenerationResult:
+        return GenerationResult(
+            job.output_ids,
+            text,
+            reason,
+            job.started_at,
+            job.first_token_at,
+            now,
+            logprobs=job.logprobs,
+            prompt_logprobs=job.prompt_logprobs,
+        )
 
     def _finish(self, job: Job, outcome: GenerationResult | BaseException) -> None:
         job.done = True

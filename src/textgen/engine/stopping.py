@@ -15,15 +15,20 @@ class StopRules:
     def text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
-    def check(self, params: GenerationParams, output_ids: list[int]) -> tuple[FinishReason, str] | None:
+    def check(
+        self, params: GenerationParams, output_ids: list[int], grammar_done: bool = False
+    ) -> tuple[FinishReason, str] | None:
         """The finish reason and final text once `output_ids` (the last one just picked) end the generation.
 
-        A stop string ends the text before it, and is cut even when it spans tokens.
+        A stop string ends the text before it, and is cut even when it spans tokens. `grammar_done`: the
+        output's grammar is complete and can take nothing more.
         """
         reason: FinishReason | None = None
         text: str | None = None
         if output_ids[-1] == self.eos_token_id and not params.ignore_eos:
             reason = "eos"
+        elif grammar_done:
+            reason = "stop"
         elif params.stop:
             text = self.text(output_ids)
             cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)

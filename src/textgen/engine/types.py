@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from .logprobs import TokenLogprob
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .grammar import CompiledGrammar
 
 FinishReason = Literal["length", "stop", "eos"]
 
@@ -18,10 +22,13 @@ class GenerationParams:
     Per-request options that change how tokens are picked or reported (logprobs, a grammar) belong here.
     """
 
-    max_new_tokens: int
+    max_new_tokens: int  # 0 only scores the prompt (with prompt_logprobs)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     stop: tuple[str, ...] = ()  # the text ends before the first of these
     ignore_eos: bool = False  # keep going past end-of-sequence (fixed-length benchmarks)
+    logprobs: int | None = None  # report each new token's logprob and the top k (None: nothing, and no cost)
+    prompt_logprobs: int | None = None  # also score the prompt's tokens, with the top k at each
+    grammar: CompiledGrammar | None = None  # the output must match it (compiled before submission)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class GenerationResult:
     started_at: float  # prefill
     first_token_at: float
     finished_at: float
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # one per prompt token, the first None
 
 
 class EngineStopped(RuntimeError):

@@ -8,36 +8,60 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
 from textgen.engine import (
     BatchEngine,
+    CompiledGrammar,
     EngineStopped,
     GenerationParams,
     GenerationResult,
+    GrammarCompiler,
     IncrementalDetokenizer,
     Job,
+    OutputConstraint,
+    TokenLogprob,
 )
 
 from .admission import AdmissionGate
-from .errors import ContextTooLong, GenerationFailed, Overloaded, QueueTimedOut, ShuttingDown
+from .errors import ContextTooLong, GenerationFailed, Overloaded, QueueTimedOut, ShuttingDown, TooManyRows
 from .faults import FaultInjector
 from .metrics import GenerationMetrics
 from .model_store import LoadedModel
-from .outputs import Admitted, GenerationOutput, StreamEvent, TextDelta, Timings
+from .outputs import Admitted, GenerationOutput, PromptScored, StreamEvent, TextDelta, Timings
 
 logger = logging.getLogger(__name__)
 
-EngineEvent = int | GenerationResult | BaseException  # a token, the result, or the job's failure
+# A token (with its logprob when asked for), the result, or the job's failure.
+EngineEvent = tuple[int, TokenLogprob | None] | GenerationResult | BaseException
+RowEvents = asyncio.Queue[tuple[int, EngineEvent]]  # each event with its row's index
 
 
-def _deliver(queue: asyncio.Queue[EngineEvent], loop: asyncio.AbstractEventLoop) -> Callable[[EngineEvent], None]:
-    """A callback for the engine thread that hands its events to this event loop."""
-    return lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)
+@dataclass(frozen=True)
+class Row:
+    """One sequence a request asks for: a prompt and how to continue it."""
+
+    prompt: str
+    params: GenerationParams
+
+
+def _deliver(
+    queue: RowEvents, loop: asyncio.AbstractEventLoop, index: int
+) -> Callable[[GenerationResult | BaseException], None]:
+    """A callback for the engine thread that hands a row's outcome to this event loop."""
+    return lambda outcome: loop.call_soon_threadsafe(queue.put_nowait, (index, outcome))
+
+
+def _deliver_token(
+    queue: RowEvents, loop: asyncio.AbstractEventLoop, index: int
+) -> Callable[[int, TokenLogprob | None], None]:
+    return lambda token, logprob: loop.call_soon_threadsafe(queue.put_nowait, (index, (token, logprob)))
 
 
 def _failure(failure: BaseException) -> ShuttingDown | GenerationFailed:
@@ -79,6 +103,8 @@ class AsyncEngine:
         # No token spans more characters than the longest vocabulary entry: a cheap lower bound on a prompt's
         # token count, so huge prompts are refused without tokenising them.
         self._max_token_chars = max(len(t) for t in loaded.tokenizer.get_vocab())
+        self._grammar_compiler: GrammarCompiler | None = None
+        self._grammar_lock = threading.Lock()
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -95,67 +121,109 @@ class AsyncEngine:
         self.engine.stop()
 
     async def generate(self, prompt: str, params: GenerationParams) -> GenerationOutput:
-        output: GenerationOutput | None = None
-        async for event in self.stream(prompt, params, text_deltas=False):
+        return (await self.generate_rows([Row(prompt, params)]))[0]
+
+    async def generate_rows(self, rows: Sequence[Row]) -> list[GenerationOutput]:
+        """Every row's output, in order: the rows run side by side in the batch."""
+        outputs: list[GenerationOutput | None] = [None] * len(rows)
+        async for event in self.stream_rows(rows, text_deltas=False):
             if isinstance(event, GenerationOutput):
-                output = event
-        assert output is not None
-        return output
+                outputs[event.index] = event
+        assert all(outputs)
+        return outputs  # type: ignore[return-value]
 
-    async def stream(
-        self, prompt: str, params: GenerationParams, text_deltas: bool = True
-    ) -> AsyncIterator[StreamEvent]:
-        """Yields `Admitted`, then text pieces (if `text_deltas`), then the whole output.
+    def stream(self, prompt: str, params: GenerationParams, text_deltas: bool = True) -> AsyncIterator[StreamEvent]:
+        return self.stream_rows([Row(prompt, params)], text_deltas)
 
-        Refusals before `Admitted` (context too long, overload) are for an HTTP status; closing the
-        iterator (the client went away) drops the job from the batch at the next step and frees the slot.
+    async def stream_rows(self, rows: Sequence[Row], text_deltas: bool = True) -> AsyncIterator[StreamEvent]:
+        """Yields `Admitted`, then text pieces (if `text_deltas`) and each row's output, tagged with its index.
+
+        The request takes one slot per row, all at once. Refusals before `Admitted` (too many rows, context
+        too long, overload) are for an HTTP status. A row that fails fails the request. Closing the iterator
+        (the client went away) drops the unfinished rows from the batch at the next step and frees the slots.
         """
+        if len(rows) > self.max_rows:
+            raise TooManyRows(f"{len(rows)} sequences requested; at most {self.max_rows} run at once")
         arrived = time.perf_counter()
-        job = Job(await self._tokenize(prompt, params.max_new_tokens), params)
+        prompt_ids = await self._tokenize_all(rows)
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[EngineEvent] = asyncio.Queue()
-        job.on_done = deliver = _deliver(events, loop)
-        if text_deltas:
-            job.on_token = deliver
-        pieces = IncrementalDetokenizer(self.tokenizer, hold_back=max((len(s) for s in params.stop), default=1) - 1)
-        finished = False
-        async with self._admission():
+        events: asyncio.Queue[tuple[int, EngineEvent]] = asyncio.Queue()
+        jobs = [
+            Job(ids, row.params, on_done=_deliver(events, loop, index))
+            for index, (row, ids) in enumerate(zip(rows, prompt_ids, strict=True))
+        ]
+        detokenizers = []
+        for index, job in enumerate(jobs):
+            if text_deltas:
+                job.on_token = _deliver_token(events, loop, index)
+            hold_back = max((len(s) for s in job.params.stop), default=1) - 1
+            detokenizers.append(IncrementalDetokenizer(self.tokenizer, hold_back=hold_back))
+        unfinished = set(range(len(jobs)))
+        unscored = {i for i, job in enumerate(jobs) if text_deltas and job.params.prompt_logprobs is not None}
+        async with self._admission(len(rows)):
             try:
-                self.engine.submit(job)
-            except EngineStopped:  # the slot came free as the server was stopping
+                for job in jobs:
+                    self.engine.submit(job)
+            except EngineStopped:  # the slots came free as the server was stopping
                 raise ShuttingDown() from None
             try:
                 yield Admitted()
-                while True:
-                    event = await events.get()
+                while unfinished:
+                    index, event = await events.get()
                     if isinstance(event, BaseException):
                         raise _failure(event) from event
-                    if isinstance(event, int):
-                        if piece := pieces.add(event):
-                            yield TextDelta(piece)
+                    pieces = detokenizers[index]
+                    if index in unscored and (scores := jobs[index].prompt_logprobs) is not None:
+                        unscored.discard(index)  # set by the engine thread before it delivered this event
+                        yield PromptScored(index, jobs[index].prompt_ids, scores)
+                    if isinstance(event, tuple):
+                        token, logprob = event
+                        piece = pieces.add(token)
+                        if piece or logprob is not None:  # with logprobs, every token is an event of its own
+                            yield TextDelta(piece, index, () if logprob is None else (logprob,))
                         continue
-                    finished = True
+                    unfinished.discard(index)
                     if self.log_prompts:
-                        logger.info("completed", extra={"prompt": prompt, "completion": event.text})
-                    if text_deltas and (rest := pieces.finish(event.text)):
-                        yield TextDelta(rest)
-                    output = self._output(job, event, arrived)
+                        logger.info("completed", extra={"prompt": rows[index].prompt, "completion": event.text})
+                    if text_deltas:
+                        rest = pieces.finish(event.text)
+                        # The last token comes with the result, not as an event: its logprob goes with the rest.
+                        unsent = tuple(event.logprobs[len(pieces.token_ids) :]) if event.logprobs else ()
+                        if rest or unsent:
+                            yield TextDelta(rest, index, unsent)
+                    output = self._output(jobs[index], index, event, arrived)
                     self.metrics.observe_output(output)
                     yield output
-                    return
             finally:
-                if not finished:  # cancelled, or the client went away: free the row at the next step
-                    self.engine.cancel(job)
+                for index in unfinished:  # cancelled, or the client went away: free the rows at the next step
+                    self.engine.cancel(jobs[index])
+
+    async def compile_grammar(self, constraint: OutputConstraint) -> CompiledGrammar:
+        """Compiled off the event loop and the engine thread (raises ConstraintError); cached per constraint."""
+        return await asyncio.to_thread(lambda: self._grammars().compile(constraint))
+
+    def _grammars(self) -> GrammarCompiler:
+        with self._grammar_lock:  # built once, at the first constrained request: it reads the whole vocabulary
+            if self._grammar_compiler is None:
+                eos = self.engine.stop_rules.eos_token_id
+                self._grammar_compiler = GrammarCompiler(self.tokenizer, self.engine.vocab_size, eos_token_id=eos)
+            return self._grammar_compiler
+
+    @property
+    def max_rows(self) -> int:
+        """The most sequences one request may ask for: they must all run at once."""
+        return min(self.gate.limit, self.engine.max_batch_size)
 
     @asynccontextmanager
-    async def _admission(self) -> AsyncIterator[None]:
-        """A slot for the request's job (the gate refuses with Overloaded or QueueTimedOut), counting outcomes."""
+    async def _admission(self, rows: int) -> AsyncIterator[None]:
+        """Slots for the request's rows (the gate refuses with Overloaded or QueueTimedOut), counting outcomes."""
         outcome = None
         try:
-            async with self.gate.slot():
+            async with self.gate.slot(rows):
                 self.metrics.observe_load(self.gate)
                 try:
                     yield
+                    outcome = "ok"
                 except asyncio.CancelledError:
                     outcome = "cancelled"
                     raise
@@ -176,6 +244,15 @@ class AsyncEngine:
                 self.metrics.requests.labels(outcome).inc()
             self.metrics.observe_load(self.gate)
 
+    async def _tokenize_all(self, rows: Sequence[Row]) -> list[list[int]]:
+        """Each row's prompt ids; rows of the same prompt (`n` > 1) share one tokenisation."""
+        by_prompt: dict[str, list[int]] = {}
+        for row in rows:
+            if row.prompt not in by_prompt:
+                by_prompt[row.prompt] = await self._tokenize(row.prompt, row.params.max_new_tokens)
+            self._check_fits(len(by_prompt[row.prompt]), row.params.max_new_tokens)
+        return [by_prompt[row.prompt] for row in rows]
+
     async def _tokenize(self, prompt: str, max_new_tokens: int) -> list[int]:
         context = self.loaded.context_length
         if max_new_tokens >= context:
@@ -191,21 +268,26 @@ class AsyncEngine:
                 f"together more than the model's context of {context} tokens"
             )
         # Off the event loop: a long prompt must not stall health checks or other requests.
-        prompt_ids: list[int] = await asyncio.to_thread(self.tokenizer.encode, prompt)
-        if len(prompt_ids) + max_new_tokens > context:
-            raise ContextTooLong(
-                f"prompt has {len(prompt_ids)} tokens and max_new_tokens is {max_new_tokens}: "
-                f"{len(prompt_ids) + max_new_tokens} is more than the model's context of {context} tokens"
-            )
-        return prompt_ids
+        return await asyncio.to_thread(self.tokenizer.encode, prompt)
 
-    def _output(self, job: Job, result: GenerationResult, arrived: float) -> GenerationOutput:
+    def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        context = self.loaded.context_length
+        if prompt_tokens + max_new_tokens > context:
+            raise ContextTooLong(
+                f"prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: "
+                f"{prompt_tokens + max_new_tokens} is more than the model's context of {context} tokens"
+            )
+
+    def _output(self, job: Job, index: int, result: GenerationResult, arrived: float) -> GenerationOutput:
         return GenerationOutput(
             model=self.model_tag,
-            prompt_tokens=len(job.prompt_ids),
+            index=index,
+            prompt_token_ids=job.prompt_ids,
             token_ids=result.token_ids,
             text=result.text,
             finish_reason=result.finish_reason,
+            logprobs=result.logprobs,
+            prompt_logprobs=result.prompt_logprobs,
             timings=Timings(
                 queue_s=result.started_at - arrived,
                 time_to_first_token_s=result.first_token_at - arrived,

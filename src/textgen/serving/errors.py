@@ -32,6 +32,10 @@ class ContextTooLong(ServingError):
         self.part = part  # the input to shorten
 
 
+class TooManyRows(ServingError):
+    """A request asks for more sequences than may run at once (it would wait for slots that never come)."""
+
+
 class Overloaded(ServingError):
     """Every slot is busy and the queue is full."""
 

@@ -46,10 +46,9 @@ class GenerationMetrics:
         self.waiting.set(gate.waiting)
 
     def observe_output(self, output: GenerationOutput) -> None:
-        """A finished generation: its outcome, timings and tokens."""
+        """A finished generation (one row; the request's outcome is counted once, on admission's exit)."""
         t = output.timings
         generated = output.completion_tokens
-        self.requests.labels("ok").inc()
         self.queue_wait.observe(t.queue_s)
         self.latency.observe(t.inference_s)
         if t.inference_s > 0:

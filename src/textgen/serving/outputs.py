@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textgen.engine import FinishReason
+from textgen.engine import FinishReason, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,21 @@ class Timings:
 
 @dataclass(frozen=True)
 class GenerationOutput:
-    """One finished generation of one prompt."""
+    """One finished generation of one row of a request."""
 
     model: str  # the store tag of the model that answered
-    prompt_tokens: int
+    prompt_token_ids: list[int]
     token_ids: list[int]
     text: str  # the completion, cut before a stop string
     finish_reason: FinishReason
     timings: Timings
+    index: int = 0  # the row's place in its request
+    logprobs: list[TokenLogprob] | None = None  # per token id, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # per prompt token, when asked for
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
 
     @property
     def completion_tokens(self) -> int:
@@ -40,9 +47,20 @@ class Admitted:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """A streamed piece of the completion."""
+    """A streamed piece of a row's completion; with logprobs, one per token (its text may then be empty)."""
 
     text: str
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
-StreamEvent = Admitted | TextDelta | GenerationOutput
+@dataclass(frozen=True)
+class PromptScored:
+    """A row's prompt logprobs, streamed before its first token (echo with logprobs)."""
+
+    index: int
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[TokenLogprob | None]
+
+
+StreamEvent = Admitted | PromptScored | TextDelta | GenerationOutput
