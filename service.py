@@ -26,7 +26,7 @@ from textgen.api.middleware.first_byte_timeout import FirstByteTimeout
 from textgen.api.openai.handlers import OpenAIHandlers
 from textgen.api.openai.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
 from textgen.api.routes import build_routes_app
-from textgen.api.schemas import GenerateRequest, GenerateResponse
+from textgen.api.schemas import GenerateBatchRequest, GenerateBatchResponse, GenerateRequest, GenerateResponse
 from textgen.config import get_settings
 from textgen.container_image import container_envs, container_image
 from textgen.serving.model_store import resolve_model_ref
@@ -83,6 +83,11 @@ class TextGeneration:
         """As /generate, streamed as server-sent events: `token` events, then `done` with the whole response."""
         async for chunk in answer_stream(ctx, lambda: generate_api.stream(GenerateRequest.model_validate(params))):
             yield chunk
+
+    @bentoml.api(route="/generate/batch", input_spec=GenerateBatchRequest)
+    async def generate_batch(self, ctx: bentoml.Context, **params: Any) -> GenerateBatchResponse:
+        """Several prompts with the same parameters, side by side in the batch: one result per prompt."""
+        return await answer(ctx, lambda: generate_api.generate_batch(GenerateBatchRequest.model_validate(params)))
 
     @bentoml.api(route="/v1/completions", input_spec=CompletionRequest)
     async def v1_completions(self, ctx: bentoml.Context, **params: Any) -> Completion:

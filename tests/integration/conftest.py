@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from transformers import AutoTokenizer
 
 from tests.conftest import REPO
 
@@ -161,5 +163,36 @@ def server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         wait_ready(process, url, log)
         yield Server(url, process, log, keys_file)
+    finally:
+        stop(process)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
+    """The tiny model again, with a chat template, in a store of its own."""
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    home = tmp_path_factory.mktemp("chat-store")
+    subprocess.run(
+        [sys.executable, "scripts/import_model.py", "--source", str(folder), "--name", "tiny-chat"],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(home)},
+        check=True,
+        capture_output=True,
+    )
+    log = tmp_path_factory.mktemp("chat-server") / "serve.log"
+    process, url = start_server(home, log, {"MODEL_TAG": "tiny-chat:latest", "API_KEY": API_KEY})
+    try:
+        wait_ready(process, url, log)
+        yield url
     finally:
         stop(process)

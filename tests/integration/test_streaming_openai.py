@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from collections.abc import Iterator
 
 import bentoml
 import openai
@@ -99,7 +97,7 @@ def test_openai_models_and_errors(server: Server, oai: openai.OpenAI):
     with pytest.raises(openai.BadRequestError, match="chat template"):
         oai.chat.completions.create(model=models[0].id, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):
-        oai.completions.create(model=models[0].id, prompt="x", max_tokens=1, n=2)
+        oai.completions.create(model=models[0].id, prompt="x", max_tokens=1, n=6)  # more than run at once
     bad_key = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad_key.completions.create(model=models[0].id, prompt="x", max_tokens=1)
@@ -119,45 +117,6 @@ def test_a_disconnected_stream_frees_its_slot(server: Server):
     assert other.status_code == 200 and other.json()["usage"]["completion_tokens"] == 20
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert re.search(r'textgen_requests_total\{outcome="(disconnected|cancelled)"\} [1-9]', metrics), metrics
-
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def chat_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
-    """The tiny model again, with a chat template, in a store of its own."""
-    import shutil
-    import subprocess
-    import sys
-
-    from transformers import AutoTokenizer
-
-    from tests.integration.conftest import REPO, start_server, stop, wait_ready
-
-    folder = tmp_path_factory.mktemp("tiny-chat")
-    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(folder)
-    home = tmp_path_factory.mktemp("chat-store")
-    subprocess.run(
-        [sys.executable, "scripts/import_model.py", "--source", str(folder), "--name", "tiny-chat"],
-        cwd=REPO,
-        env={**os.environ, "BENTOML_HOME": str(home)},
-        check=True,
-        capture_output=True,
-    )
-    log = tmp_path_factory.mktemp("chat-server") / "serve.log"
-    process, url = start_server(home, log, {"MODEL_TAG": "tiny-chat:latest", "API_KEY": API_KEY})
-    try:
-        wait_ready(process, url, log)
-        yield url
-    finally:
-        stop(process)
 
 
 def test_chat_completions_with_a_chat_template(chat_server: str):

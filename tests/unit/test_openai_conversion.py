@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from textgen.api.errors import ApiError
-from textgen.api.openai.formats import ChatFormat, CompletionFormat
+from textgen.api.openai.formats import FINISH_REASONS, ChatFormat, ChoicePart, CompletionFormat
 from textgen.api.openai.handlers import OpenAIHandlers
 from textgen.api.openai.schemas import ChatCompletionRequest, CompletionRequest
 from textgen.api.routes import build_routes_app
@@ -82,10 +82,12 @@ def test_chat_request_takes_max_completion_tokens_over_max_tokens():
     assert (only_max_tokens.max_new_tokens, only_max_tokens.ignore_eos) == (10, True)
 
 
-def test_a_one_item_prompt_list_is_one_prompt():
-    assert CompletionRequest(prompt=["only"]).prompt == "only"
-    with pytest.raises(ValueError, match="exactly one prompt"):
-        CompletionRequest(prompt=["a", "b"])
+def test_a_prompt_or_a_list_of_prompts_are_the_requests_prompts():
+    assert CompletionRequest(prompt="only").prompts == ["only"]
+    assert CompletionRequest(prompt=["a", "b"]).prompts == ["a", "b"]
+    for empty in ([], [""], ["a", ""]):
+        with pytest.raises(ValueError, match="prompt"):
+            CompletionRequest(prompt=empty)
 
 
 # --- GenerationOutput to OpenAI's shapes ----------------------------------------------------------------------------
@@ -93,14 +95,15 @@ def test_a_one_item_prompt_list_is_one_prompt():
 
 @pytest.mark.parametrize(("finish", "openai"), [("eos", "stop"), ("stop", "stop"), ("length", "length")])
 def test_finish_reasons_map_to_openais(finish, openai):
-    completion = CompletionFormat().full("cmpl-1", 7, TAG, "text", finish, USAGE).model_dump()
-    chat = ChatFormat().full("cmpl-1", 7, TAG, "text", finish, USAGE).model_dump()
+    part = ChoicePart(0, "text", FINISH_REASONS[finish])
+    completion = CompletionFormat(str).full("cmpl-1", 7, TAG, [part], USAGE).model_dump()
+    chat = ChatFormat(str).full("cmpl-1", 7, TAG, [part], USAGE).model_dump()
     assert completion["choices"][0]["finish_reason"] == chat["choices"][0]["finish_reason"] == openai
 
 
 def test_completion_format_has_openais_shape():
-    fmt = CompletionFormat()
-    full = fmt.full("cmpl-1", 7, TAG, "text", "length", USAGE).model_dump()
+    fmt = CompletionFormat(str)
+    full = fmt.full("cmpl-1", 7, TAG, [ChoicePart(0, "text", "length")], USAGE).model_dump()
     assert full == {
         "id": "cmpl-1",
         "object": "text_completion",
@@ -109,7 +112,7 @@ def test_completion_format_has_openais_shape():
         "choices": [{"index": 0, "text": "text", "finish_reason": "length", "logprobs": None}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
     }
-    chunk = fmt.chunk("cmpl-1", 7, TAG, None).model_dump()
+    chunk = fmt.chunk("cmpl-1", 7, TAG, ChoicePart(0, "")).model_dump()
     assert chunk["choices"] == [{"index": 0, "text": "", "finish_reason": None, "logprobs": None}]
     assert chunk["usage"] is None
     usage = fmt.usage_chunk("cmpl-1", 7, TAG, USAGE).model_dump()
@@ -117,15 +120,15 @@ def test_completion_format_has_openais_shape():
 
 
 def test_chat_format_has_openais_shape():
-    fmt = ChatFormat()
-    full = fmt.full("cmpl-1", 7, TAG, "hello", "eos", USAGE).model_dump()
+    fmt = ChatFormat(str)
+    full = fmt.full("cmpl-1", 7, TAG, [ChoicePart(0, "hello", "stop")], USAGE).model_dump()
     assert full["object"] == "chat.completion"
     assert full["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert full["choices"][0]["delta"] is None
     first, piece, last = (
-        fmt.chunk("cmpl-1", 7, TAG, None).model_dump(),
-        fmt.chunk("cmpl-1", 7, TAG, "lo").model_dump(),
-        fmt.chunk("cmpl-1", 7, TAG, "", "stop").model_dump(),
+        fmt.chunk("cmpl-1", 7, TAG, fmt.opening(0)).model_dump(),
+        fmt.chunk("cmpl-1", 7, TAG, ChoicePart(0, "lo")).model_dump(),
+        fmt.chunk("cmpl-1", 7, TAG, ChoicePart(0, "", "stop")).model_dump(),
     )
     assert {c["object"] for c in (first, piece, last)} == {"chat.completion.chunk"}
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}  # the role comes first, once

@@ -146,7 +146,7 @@ def test_an_unexpected_failure_midway_is_an_internal_error_event_and_closes_the_
             closed.append(True)
 
     async def read():
-        return [chunk async for chunk in _sse_events("p", source())]
+        return [chunk async for chunk in _sse_events("p", source(), str)]
 
     token, error = (data_of(c) for c in asyncio.run(read()))
     assert token == {"type": "token", "text": "Once"}

@@ -13,6 +13,7 @@ the targets, and writes JSON + PNG under bench-results/. Servers run on free 127
     python scripts/benchmark.py --quick                      # smoke run, < 2 min
     python scripts/benchmark.py                              # levels 1,5,16,32, ~6 min on a quiet 2-core machine
     python scripts/benchmark.py --levels 5 --systems server,raw --rounds 8
+    python scripts/benchmark.py --structured --levels 32     # JSON-schema rows against unconstrained ones
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..common.client import warm_up
 from ..common.machine import BUSY_OTHERS_CORES, busy_warning, machine_info, watch_cpu
 from ..common.servers import REPO_ROOT
 from ..common.text import format_targets
+from . import structured
 from .load import LoadPlan, run_load
 from .plot import plot_levels
 from .raw import RawModel
@@ -55,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-rate", type=float, help="Poisson arrivals per second (default: all at once)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--stream", action="store_true", help="drive our server's /generate_stream: adds TTFT")
+    p.add_argument(
+        "--structured",
+        action="store_true",
+        help="our server only: every request constrained by a small JSON schema against the same load without",
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every request (default: 30 tokens)")
     p.add_argument("--raw-repeats", type=int, help="timed raw generate calls per batch size (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="short requests sent before each measured run")
@@ -206,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {report.machine.load_avg_at_start}; results -> {json_path}", flush=True)
     # Servers run in their own sessions: turn SIGTERM into an exit so the `finally` below still stops them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.structured:
+        return structured.main(args, Servers(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem), json_path)
     raw_model = RawModel(args.model_tag) if "raw" in args.systems else None
     servers = Servers(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem)
     try:

@@ -73,6 +73,7 @@ FOR_STATUS = {
 SERVING_ERRORS: dict[type[serving.ServingError], ErrorKind] = {
     serving.NotReady: MODEL_NOT_READY,
     serving.ContextTooLong: CONTEXT_LENGTH_EXCEEDED,
+    serving.TooManyRows: INVALID_REQUEST,
     serving.Overloaded: OVERLOADED,
     serving.QueueTimedOut: QUEUE_TIMEOUT,
     serving.ShuttingDown: SHUTTING_DOWN,

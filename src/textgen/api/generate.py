@@ -1,19 +1,31 @@
-"""The service's own generation API: `/generate` and `/generate_stream`, converted at this edge.
+"""The service's own generation API: `/generate`, `/generate/batch` and `/generate_stream`, converted at this edge.
 
-A `GenerateRequest` becomes a prompt and the engine's `GenerationParams`; a `GenerationOutput` becomes a
-`GenerateResponse`. The stream is server-sent events: `{"type": "token", "text"}` per piece, then
-`{"type": "done", ...the /generate response}`, or `{"type": "error", "error": {...}}` if it fails midway.
+A request becomes prompts and the engine's `GenerationParams` (with a compiled grammar when it asks for a
+constraint); each `GenerationOutput` becomes a `GenerateResponse`. The stream is server-sent events:
+`{"type": "token", "text"}` per piece (with `"logprobs"` when asked for), then `{"type": "done", ...the /generate
+response}`, or `{"type": "error", "error": {...}}` if it fails midway.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from textgen.engine import GenerationParams
+from textgen.serving.async_engine import AsyncEngine, Row
 from textgen.serving.outputs import GenerationOutput, StreamEvent, TextDelta
 from textgen.serving.runtime import ModelRuntime
 
-from .schemas import GenerateRequest, GenerateResponse
+from .rows import check_row_count, compile_constraint
+from .schemas import (
+    GenerateBatchRequest,
+    GenerateBatchResponse,
+    GeneratedToken,
+    GenerateRequest,
+    GenerateResponse,
+    GenerationFields,
+)
 from .sse import sse, stream_error
+from .tokens import token_decoder
 
 
 class GenerateHandlers:
@@ -21,23 +33,44 @@ class GenerateHandlers:
         self.runtime = runtime
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        output = await self.runtime.engine().generate(request.prompt, request.to_params())
-        return GenerateResponse.of(request.prompt, output)
+        engine = self.runtime.engine()
+        output = await engine.generate(request.prompt, await self._params(engine, request))
+        return GenerateResponse.of(request.prompt, output, token_decoder(engine.tokenizer))
+
+    async def generate_batch(self, request: GenerateBatchRequest) -> GenerateBatchResponse:
+        engine = self.runtime.engine()
+        check_row_count(engine, len(request.prompts), "prompts")
+        params = await self._params(engine, request)
+        outputs = await engine.generate_rows([Row(prompt, params) for prompt in request.prompts])
+        decode = token_decoder(engine.tokenizer)
+        return GenerateBatchResponse(
+            results=[GenerateResponse.of(p, o, decode) for p, o in zip(request.prompts, outputs, strict=True)]
+        )
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[str]:
         """Waits for admission, so that refusals can still be HTTP statuses; then the events come."""
-        events = self.runtime.engine().stream(request.prompt, request.to_params())
+        engine = self.runtime.engine()
+        events = engine.stream(request.prompt, await self._params(engine, request))
         await anext(events)  # Admitted
-        return _sse_events(request.prompt, events)
+        return _sse_events(request.prompt, events, token_decoder(engine.tokenizer))
+
+    @staticmethod
+    async def _params(engine: AsyncEngine, request: GenerationFields) -> GenerationParams:
+        return await compile_constraint(engine, request.to_params(), request)
 
 
-async def _sse_events(prompt: str, events: AsyncIterator[StreamEvent]) -> AsyncIterator[str]:
+async def _sse_events(
+    prompt: str, events: AsyncIterator[StreamEvent], decode: Callable[[int], str]
+) -> AsyncIterator[str]:
     try:
         async for event in events:
             if isinstance(event, TextDelta):
-                yield sse({"type": "token", "text": event.text})
+                token: dict[str, object] = {"type": "token", "text": event.text}
+                if event.logprobs:
+                    token["logprobs"] = [GeneratedToken.of(e, decode).model_dump() for e in event.logprobs]
+                yield sse(token)
             elif isinstance(event, GenerationOutput):
-                yield sse({"type": "done", **GenerateResponse.of(prompt, event).model_dump()})
+                yield sse({"type": "done", **GenerateResponse.of(prompt, event, decode).model_dump()})
     except Exception as exc:
         yield sse({"type": "error", **stream_error(exc)})
     finally:

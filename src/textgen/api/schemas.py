@@ -3,14 +3,17 @@ that its OpenAI-compatible routes share."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
-from textgen.engine import FinishReason, GenerationParams, SamplingParams
+from textgen.engine import MAX_TOP_LOGPROBS, FinishReason, GenerationParams, SamplingParams, TokenLogprob
 from textgen.serving.admission import GenerationLoad
 from textgen.serving.model_store import ModelInfo
 from textgen.serving.outputs import GenerationOutput
+
+from .structured import StructuredOutputFields
 
 __all__ = ["ModelInfo"]  # served as /model-info's body as the loader describes the model
 
@@ -31,6 +34,8 @@ TopK = Annotated[int, Strict(), Field(ge=0, le=100_000, description="0 disables 
 RepetitionPenalty = Annotated[float, Strict(), Field(gt=0.0, le=10.0, allow_inf_nan=False)]
 Seed = Annotated[int | None, Strict(), Field(ge=0, le=2**63 - 1, description="Makes sampling reproducible.")]
 IgnoreEos = Annotated[bool, Strict(), Field(description="Keep generating past end-of-sequence (benchmarks).")]
+TopLogprobs = Annotated[int, Strict(), Field(ge=0, le=MAX_TOP_LOGPROBS)]
+Prompt = Annotated[str, Field(min_length=1, description="Text to continue.", examples=["Once upon a time"])]
 
 
 def check_stop_string(stop: str) -> str:
@@ -71,12 +76,11 @@ def sampling_params(request: SamplingOptions) -> SamplingParams:
     )
 
 
-class GenerateRequest(BaseModel):
-    """Body of `POST /generate`. Only `prompt` is required."""
+class GenerationFields(StructuredOutputFields):
+    """The parameters of `/generate` and `/generate/batch`, besides the prompt(s)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(..., min_length=1, description="Text to continue.", examples=["Once upon a time"])
     max_new_tokens: MaxNewTokens = 64
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
@@ -85,9 +89,26 @@ class GenerateRequest(BaseModel):
     stop: StopStrings = Field(default_factory=list)
     seed: Seed = None
     ignore_eos: IgnoreEos = False
+    logprobs: TopLogprobs | None = Field(
+        None, description="Return each generated token's logprob and the k most likely tokens (0 to 20)."
+    )
 
     def to_params(self) -> GenerationParams:
-        return GenerationParams(self.max_new_tokens, sampling_params(self), tuple(self.stop), self.ignore_eos)
+        return GenerationParams(
+            self.max_new_tokens, sampling_params(self), tuple(self.stop), self.ignore_eos, logprobs=self.logprobs
+        )
+
+
+class GenerateRequest(GenerationFields):
+    """Body of `POST /generate`. Only `prompt` is required."""
+
+    prompt: Prompt
+
+
+class GenerateBatchRequest(GenerationFields):
+    """Body of `POST /generate/batch`: several prompts with the same parameters, run side by side."""
+
+    prompts: list[Prompt] = Field(..., min_length=1, description="One result per prompt, in order.")
 
 
 class Usage(BaseModel):
@@ -97,7 +118,13 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, output: GenerationOutput) -> Usage:
-        prompt, completion = output.prompt_tokens, output.completion_tokens
+        return cls.total([output], copies=1)
+
+    @classmethod
+    def total(cls, outputs: list[GenerationOutput], copies: int) -> Usage:
+        """Of a request's rows, `copies` per prompt: each prompt counts once, every row's completion counts."""
+        prompt = sum(output.prompt_tokens for output in outputs[::copies])
+        completion = sum(output.completion_tokens for output in outputs)
         return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
@@ -108,6 +135,21 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class TopToken(BaseModel):
+    token: str
+    token_id: int
+    logprob: float
+
+
+class GeneratedToken(TopToken):
+    top_logprobs: list[TopToken]
+
+    @classmethod
+    def of(cls, entry: TokenLogprob, decode: Callable[[int], str]) -> GeneratedToken:
+        top = [TopToken(token=decode(i), token_id=i, logprob=lp) for i, lp in entry.top]
+        return cls(token=decode(entry.token_id), token_id=entry.token_id, logprob=entry.logprob, top_logprobs=top)
+
+
 class GenerateResponse(BaseModel):
     generated_text: str = Field(description="Prompt followed by the completion.")
     completion: str
@@ -115,16 +157,19 @@ class GenerateResponse(BaseModel):
     usage: Usage
     model: str
     timings: Timings
+    logprobs: list[GeneratedToken] | None = Field(None, description="Per generated token, when asked for.")
 
     @classmethod
-    def of(cls, prompt: str, output: GenerationOutput) -> GenerateResponse:
+    def of(cls, prompt: str, output: GenerationOutput, decode: Callable[[int], str]) -> GenerateResponse:
         t = output.timings
+        logprobs = None if output.logprobs is None else [GeneratedToken.of(e, decode) for e in output.logprobs]
         return cls(
             generated_text=prompt + output.text,
             completion=output.text,
             finish_reason=output.finish_reason,
             usage=Usage.of(output),
             model=output.model,
+            logprobs=logprobs,
             timings=Timings(
                 queue_ms=t.queue_s * 1000,
                 time_to_first_token_ms=t.time_to_first_token_s * 1000,
@@ -132,6 +177,10 @@ class GenerateResponse(BaseModel):
                 total_ms=t.total_s * 1000,
             ),
         )
+
+
+class GenerateBatchResponse(BaseModel):
+    results: list[GenerateResponse] = Field(description="One per prompt, in the order of `prompts`.")
 
 
 class ErrorDetail(BaseModel):
