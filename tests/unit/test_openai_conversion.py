@@ -123,7 +123,7 @@ def test_chat_format_has_openais_shape():
     fmt = ChatFormat(str)
     full = fmt.full("cmpl-1", 7, TAG, [ChoicePart(0, "hello", "stop")], USAGE).model_dump()
     assert full["object"] == "chat.completion"
-    assert full["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+    assert full["choices"][0]["message"] == {"role": "assistant", "content": "hello", "tool_calls": None}
     assert full["choices"][0]["delta"] is None
     first, piece, last = (
         fmt.chunk("cmpl-1", 7, TAG, fmt.opening(0)).model_dump(),
@@ -131,8 +131,8 @@ def test_chat_format_has_openais_shape():
         fmt.chunk("cmpl-1", 7, TAG, ChoicePart(0, "", "stop")).model_dump(),
     )
     assert {c["object"] for c in (first, piece, last)} == {"chat.completion.chunk"}
-    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}  # the role comes first, once
-    assert piece["choices"][0]["delta"] == {"role": None, "content": "lo"}
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "tool_calls": None}  # role first, once
+    assert piece["choices"][0]["delta"] == {"role": None, "content": "lo", "tool_calls": None}
     assert (last["choices"][0]["delta"]["content"], last["choices"][0]["finish_reason"]) == ("", "stop")
     usage = fmt.usage_chunk("cmpl-1", 7, TAG, USAGE).model_dump()
     assert (usage["object"], usage["choices"], usage["usage"]["prompt_tokens"]) == ("chat.completion.chunk", [], 5)
@@ -263,10 +263,10 @@ def test_chat_applies_the_models_template_and_answers_as_the_assistant(tiny_mode
         engine.stop()
     expected = tokenizer.decode(reference_greedy(tiny_model, "user: hi\nassistant:", 6))
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": expected}
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": expected, "tool_calls": None}
     assert body["usage"]["prompt_tokens"] == len(tokenizer.encode("user: hi\nassistant:"))
     parsed = events(chunks)
-    assert parsed[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert parsed[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "tool_calls": None}
     assert "".join(e["choices"][0]["delta"]["content"] for e in parsed) == expected
     assert chunks[-1] == "data: [DONE]\n\n"
 

@@ -27,6 +27,7 @@ from .schemas import (
     CompletionLogprobs,
     OpenAIFinishReason,
 )
+from .tools import StreamedToolCall, ToolCall
 
 FINISH_REASONS: dict[FinishReason, OpenAIFinishReason] = {"length": "length", "stop": "stop", "eos": "stop"}
 
@@ -44,6 +45,7 @@ class ChoicePart:
     scored: Sequence[ScoredToken] | None = None  # the piece's tokens with logprobs, when they are asked for
     text_offset: int = 0  # where the piece starts in the choice's text
     opens: bool = False  # the chunk that opens a choice's stream (the chat's role)
+    tool_calls: list[ToolCall] | None = None  # the chat's reply is a call, not text
 
 
 class ResponseFormat(Protocol):
@@ -100,7 +102,9 @@ class ChatFormat:
         choices = [
             ChatChoice(
                 index=c.index,
-                message=ChatDelta(role="assistant", content=c.text),
+                message=ChatDelta(
+                    role="assistant", content=None if c.tool_calls else c.text, tool_calls=_streamed(c.tool_calls)
+                ),
                 finish_reason=c.finish,
                 logprobs=self._logprobs(c.scored),
             )
@@ -111,7 +115,12 @@ class ChatFormat:
         )
 
     def chunk(self, rid, created, model, part) -> BaseModel:
-        delta = ChatDelta(role="assistant", content="") if part.opens else ChatDelta(content=part.text)
+        if part.opens:
+            delta = ChatDelta(role="assistant", content="")
+        elif part.tool_calls:
+            delta = ChatDelta(tool_calls=_streamed(part.tool_calls))
+        else:
+            delta = ChatDelta(content=part.text)
         logprobs = self._logprobs(part.scored)
         choice = ChatChoice(index=part.index, delta=delta, finish_reason=part.finish, logprobs=logprobs)
         return ChatCompletion(id=rid, object="chat.completion.chunk", created=created, model=model, choices=[choice])
@@ -136,3 +145,7 @@ class ChatFormat:
     def _top(self, token_id: int, logprob: float) -> ChatTopLogprob:
         token = self.decode(token_id)
         return ChatTopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
+
+
+def _streamed(calls: list[ToolCall] | None) -> list[StreamedToolCall] | None:
+    return None if calls is None else [StreamedToolCall(index=i, **c.model_dump()) for i, c in enumerate(calls)]

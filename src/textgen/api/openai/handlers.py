@@ -7,6 +7,7 @@ same split). Choice `index` runs prompt by prompt: prompt i's j-th choice is `i 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -24,6 +25,7 @@ from textgen.serving.runtime import ModelRuntime
 
 from .formats import FINISH_REASONS, ChatFormat, ChoicePart, CompletionFormat, Decode, ResponseFormat, ScoredToken
 from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, SamplingFields
+from .tools import parse_tool_call
 
 
 class OpenAIHandlers:
@@ -48,8 +50,10 @@ class OpenAIHandlers:
                 "use /v1/completions with a plain prompt",
                 field="messages",
             )
-        messages = [m.model_dump() for m in request.messages]
-        prompt = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+        # A template that renders tools shows the model what it may call (the grammar makes it call one).
+        tools = [t.model_dump(exclude_none=True) for t in request.tools or ()] if request.callable_functions() else None
+        prompt = engine.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         return await self._respond(engine, request, [prompt], ChatFormat(token_decoder(engine.tokenizer)))
 
     def _engine_for(self, requested: str | None) -> AsyncEngine:
@@ -88,6 +92,7 @@ class _Reply:
         self.request, self.prompts, self.fmt, self.echo = request, prompts, fmt, echo
         self.rid, self.created, self.model = f"cmpl-{current_request_id()}", int(time.time()), model
         self.shown = request.reported_logprobs()  # logprobs the client sees (best_of may compute more)
+        self.calls_tools = bool(request.callable_functions())
         self.decode: Decode = fmt.decode
 
     def full(self, outputs: list[GenerationOutput]) -> dict:
@@ -103,7 +108,13 @@ class _Reply:
         scored = None
         if self.shown is not None:
             scored = [*self._prompt_scored(output), *((e.token_id, e) for e in output.logprobs or ())]
-        return ChoicePart(index, prompt + output.text, FINISH_REASONS[output.finish_reason], scored)
+        return self._finished(ChoicePart(index, prompt + output.text, FINISH_REASONS[output.finish_reason], scored))
+
+    def _finished(self, part: ChoicePart) -> ChoicePart:
+        """A finished choice; a tool call is parsed out of its text (one cut short by max_tokens stays text)."""
+        if not self.calls_tools or part.finish == "length":
+            return part
+        return dataclasses.replace(part, text="", finish="tool_calls", tool_calls=[parse_tool_call(part.text)])
 
     def _prompt_scored(self, output: GenerationOutput | PromptScored) -> list[ScoredToken]:
         if not self.echo or output.prompt_logprobs is None:
@@ -130,14 +141,16 @@ class _Reply:
                     scored = self._prompt_scored(event)
                     offsets[event.index] = self._offset_after(scored, 0)
                     yield chunk(ChoicePart(event.index, self.prompts[event.index // self.request.n], None, scored))
-                elif isinstance(event, TextDelta):
+                elif isinstance(event, TextDelta) and not self.calls_tools:  # a call is sent whole, at the end
                     scored = None if self.shown is None else [(e.token_id, e) for e in event.logprobs]
                     yield chunk(ChoicePart(event.index, event.text, None, scored, offsets[event.index]))
                     offsets[event.index] = self._offset_after(scored or [], offsets[event.index])
                 elif isinstance(event, GenerationOutput):
                     outputs.append(event)
-                    finish = FINISH_REASONS[event.finish_reason]
-                    yield chunk(ChoicePart(event.index, "", finish))
+                    if self.calls_tools:
+                        yield chunk(self._choice(event.index, event))
+                    else:
+                        yield chunk(ChoicePart(event.index, "", FINISH_REASONS[event.finish_reason]))
             if self.request.include_usage:
                 usage = Usage.total(sorted(outputs, key=lambda o: o.index), self.request.copies)
                 yield sse(self.fmt.usage_chunk(self.rid, self.created, self.model, usage))

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, field_validator, model_validator
 
+from textgen.api.errors import INVALID_REQUEST, ApiError
 from textgen.api.schemas import (
     IgnoreEos,
     MaxNewTokens,
@@ -22,7 +23,17 @@ from textgen.api.schemas import (
     sampling_params,
 )
 from textgen.api.structured import OpenAIStructuredFields
-from textgen.engine import GenerationParams
+from textgen.engine import GenerationParams, OutputConstraint
+
+from .tools import (
+    FunctionDefinition,
+    StreamedToolCall,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    callable_functions,
+    tool_call_constraint,
+)
 
 OpenAIFinishReason = Literal["stop", "length", "tool_calls"]
 MAX_CHOICES = 8
@@ -71,6 +82,10 @@ class SamplingFields(OpenAIStructuredFields):
 
     def reported_logprobs(self) -> int | None:
         """The top-k of the logprobs the response shows (None: it shows none)."""
+        return None
+
+    def callable_functions(self) -> list[FunctionDefinition] | None:
+        """The functions the reply must call one of (only chat takes tools)."""
         return None
 
 
@@ -126,8 +141,20 @@ class CompletionRequest(SamplingFields):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """A message as the model's chat template takes it (templates that know tools read tool_calls and tool_call_id)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="An assistant's earlier calls.")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ChatMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("a message needs content (or, from the assistant, tool_calls)")
+        return self
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -135,12 +162,34 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: MaxNewTokens | None = None
     logprobs: StrictBool = Field(False, description="Each generated token's logprob.")
     top_logprobs: TopLogprobs | None = Field(None, description="With logprobs: the k most likely tokens (0 to 20).")
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=64)
+    tool_choice: ToolChoice | None = Field(None, description='"required" or a named function; "none" ignores tools.')
 
     @model_validator(mode="after")
-    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+    def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if self.tools and self.tool_choice != "none" and super().constraint_field() is not None:
+            raise ValueError("a tool call has its own output format: drop response_format or structured_outputs")
         return self
+
+    def callable_functions(self) -> list[FunctionDefinition] | None:
+        """The functions the reply must call one of (None: a plain reply). Raises ApiError for "auto"."""
+        if not self.tools:
+            return None
+        try:
+            return callable_functions(self.tools, self.tool_choice)
+        except ValueError as exc:
+            raise ApiError(INVALID_REQUEST, str(exc), field="tool_choice") from None
+
+    def constraint_field(self) -> str | None:
+        return "tools" if self.callable_functions() else super().constraint_field()
+
+    def constraint(self) -> OutputConstraint | None:
+        functions = self.callable_functions()
+        return tool_call_constraint(functions) if functions else super().constraint()
 
     def reported_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -194,6 +243,7 @@ class Completion(BaseModel):
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[StreamedToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
