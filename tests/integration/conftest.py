@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 import requests
 from transformers import AutoTokenizer
@@ -196,3 +197,15 @@ def chat_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def oai(server: Server) -> openai.OpenAI:
+    """The official SDK on the tiny model's server."""
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def chat(chat_server: str) -> openai.OpenAI:
+    """The official SDK on the chat model's server."""
+    return openai.OpenAI(base_url=chat_server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)

@@ -188,12 +188,15 @@ def test_wrong_types_and_huge_numbers_on_completions(server: Server, body: dict,
     assert assert_refused(server, server.post(COMPLETIONS, json=body), 400, "validation_error")["field"] == field
 
 
-def test_unknown_fields_are_ignored_on_the_openai_route(server: Server):
-    """Deliberate: OpenAI SDKs send extras we do not use. /generate refuses them (see test_server.py)."""
-    body = {"prompt": "x", "max_tokens": 2, "user": "u-1", "logit_bias": {}, "suffix": None, "bogus": [1]}
-    response = server.post(COMPLETIONS, json=body)
+def test_unknown_fields_are_refused_on_the_openai_route_never_ignored(server: Server):
+    """A field we do not act on is a 400 naming it (issue 11); neutral values of unsupported ones still pass."""
+    neutral = {"prompt": "x", "max_tokens": 2, "logit_bias": {}, "suffix": None, "presence_penalty": 0}
+    response = server.post(COMPLETIONS, json=neutral)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] == 2
+    for extra in ({"user": "u-1"}, {"bogus": [1]}, {"suffix": "end"}, {"guided_json": {}}):
+        body = assert_refused(server, server.post(COMPLETIONS, json={**neutral, **extra}), 400, "validation_error")
+        assert body["field"] == next(iter(extra))
 
 
 @pytest.mark.parametrize("path", [GENERATE, COMPLETIONS])

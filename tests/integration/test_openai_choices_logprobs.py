@@ -8,19 +8,9 @@ import math
 import openai
 import pytest
 
-from tests.integration.conftest import API_KEY, Server
+from tests.integration.conftest import Server
 
 NO_EOS = {"ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def oai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def chat(chat_server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=chat_server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def test_n_with_a_seed_is_reproducible_on_both_routes(oai: openai.OpenAI, chat: openai.OpenAI):

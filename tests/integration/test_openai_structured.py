@@ -9,8 +9,6 @@ import jsonschema
 import openai
 import pytest
 
-from tests.integration.conftest import API_KEY, Server
-
 ITEM = {
     "type": "object",
     "properties": {"item": {"type": "string", "maxLength": 10}, "count": {"type": "integer", "maximum": 99}},
@@ -18,16 +16,6 @@ ITEM = {
     "additionalProperties": False,
 }
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "item", "schema": ITEM, "strict": True}}
-
-
-@pytest.fixture(scope="module")
-def oai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def chat(chat_server: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=chat_server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 def test_response_format_json_schema_holds_at_temperature_one(oai: openai.OpenAI):

@@ -51,11 +51,6 @@ def test_stream_refusals_keep_their_http_status(server: Server):
     assert server.post("/generate_stream", key="wrong", json=GREEDY).status_code == 401
 
 
-@pytest.fixture
-def oai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
-
-
 def test_openai_sdk_completion_matches_generate(server: Server, oai: openai.OpenAI):
     expected = server.post("/generate", json={"prompt": "Hello", "max_new_tokens": 8, "temperature": 0}).json()
     completion = oai.completions.create(model=expected["model"], prompt="Hello", max_tokens=8, temperature=0)

@@ -157,12 +157,15 @@ class GenerateResponse(BaseModel):
     usage: Usage
     model: str
     timings: Timings
-    logprobs: list[GeneratedToken] | None = Field(None, description="Per generated token, when asked for.")
+    # A list, never null: BentoML's Python client cannot decode a null where its schema has an array.
+    logprobs: list[GeneratedToken] = Field(
+        default_factory=list, description="Per generated token when `logprobs` is set; empty otherwise."
+    )
 
     @classmethod
     def of(cls, prompt: str, output: GenerationOutput, decode: Callable[[int], str]) -> GenerateResponse:
         t = output.timings
-        logprobs = None if output.logprobs is None else [GeneratedToken.of(e, decode) for e in output.logprobs]
+        logprobs = [GeneratedToken.of(e, decode) for e in output.logprobs or ()]
         return cls(
             generated_text=prompt + output.text,
             completion=output.text,

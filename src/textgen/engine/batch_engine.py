@@ -319,7 +319,9 @@ class BatchEngine:
     def _select_rows(self, jobs: list[Job], logits: torch.Tensor) -> list[int | Exception]:
         """Masks constrained rows to their grammars in place, then picks with each row's own sampling."""
         matchers: dict[int, GrammarMatcher] = {row: job.matcher for row, job in enumerate(jobs) if job.matcher}
-        failed = mask_logits(logits, list(matchers), list(matchers.values()), self.stop_rules.eos_token_id)
+        failed = []
+        if matchers:
+            failed = mask_logits(logits, list(matchers), list(matchers.values()), self.stop_rules.eos_token_id)
         seen = None
         if any(job.seen is not None for job in jobs):
             seen = torch.stack([job.seen if job.seen is not None else self._no_tokens() for job in jobs])

@@ -98,6 +98,7 @@ class CompletionRequest(SamplingFields):
     logprobs: Annotated[int, Strict(), Field(ge=0, le=5)] | None = Field(
         None, description="Each token's logprob and the k most likely tokens (of the prompt too, with echo)."
     )
+    suffix: None = Field(None, description="Not supported: must be null.")
     best_of: Annotated[int, Strict(), Field(ge=1, le=MAX_CHOICES)] | None = Field(
         None, description="Generate this many per prompt and return the n with the highest mean token logprob."
     )
