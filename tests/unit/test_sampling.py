@@ -88,3 +88,12 @@ def test_extreme_but_valid_parameters_never_make_nan_probabilities():
     tokens = select_tokens(logits.clone(), params, [make_generator(i) for i in range(4)], seen)
     assert tokens[0] == logits[0].argmax()  # a vanishing temperature is greedy
     assert all(0 <= int(t) < VOCAB for t in tokens)
+
+
+def test_a_seeded_row_samples_the_same_token_whether_or_not_a_filtering_row_shares_the_call():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1000) * 0.01  # nearly flat: the token depends on exactly how the draw is mapped
+    plain, filtering = SamplingParams(temperature=1.0, seed=5), SamplingParams(temperature=1.0, top_p=0.5, seed=6)
+    alone = select_tokens(logits[:1].clone(), [plain], [make_generator(5)], None)
+    together = select_tokens(logits.clone(), [plain, filtering], [make_generator(5), make_generator(6)], None)
+    assert together[0] == alone[0]

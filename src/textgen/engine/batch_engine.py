@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,7 @@ from .constraints import ConstraintError
 from .grammar import GrammarMatcher
 from .kv_cache import PaddedBatch
 from .logprobs import TokenLogprob, prompt_logprobs, token_logprobs
+from .lora import BatchedLora
 from .masking import mask_logits
 from .sampling import make_generator, select_tokens
 from .stopping import StopRules
@@ -85,6 +87,8 @@ class BatchEngine:
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self._on_step = on_step or (lambda _: None)
         self._before_forward = before_forward or (lambda _: None)  # fault injection hook (tests, soak runs)
+        self.lora = BatchedLora(model)
+        self._commands: deque[tuple[Callable[[], object], Future[object]]] = deque()
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
         self._batch: PaddedBatch | None = None
@@ -109,6 +113,16 @@ class BatchEngine:
             self._pending.append(job)
             self._cond.notify()
 
+    def call(self, command: Callable[[], object]) -> Future[object]:
+        """Run `command` on the engine thread between steps (changes to the model, such as adapters)."""
+        done: Future[object] = Future()
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("the engine is shutting down")
+            self._commands.append((command, done))
+            self._cond.notify()
+        return done
+
     def cancel(self, job: Job) -> None:
         """Drop the job at the next step (its client went away)."""
         job.cancelled = True
@@ -122,14 +136,20 @@ class BatchEngine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not (self._stopping or self._pending or self._active):
+                    while not (self._stopping or self._pending or self._active or self._commands):
                         self._cond.wait()
                     if self._stopping:
                         break
+                    commands, self._commands = list(self._commands), deque()
+                for command, done in commands:
+                    _run_command(command, done)
+                with self._cond:
                     self._gather_arrivals()
                     joiners = self._take_joiners()
                 self._step(joiners)
         self._fail(self._active + list(self._pending), EngineStopped("the engine shut down"))
+        for _, done in self._commands:
+            done.set_exception(EngineStopped("the engine shut down"))
 
     def _gather_arrivals(self) -> None:
         """An idle engine waits `join_window_s` for more requests, so requests arriving together share one prefill.
@@ -194,13 +214,14 @@ class BatchEngine:
         scoring = [job for job in jobs if job.scores_prompt]
         assert not scoring or len(jobs) == 1, "a job that scores its prompt prefills alone"
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            logits_to_keep=0 if scoring else 1,  # 0: every position
-        )
+        with self.lora.rows([job.params.adapter for job in jobs], [len(c) for c in contexts]):
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                use_cache=True,
+                logits_to_keep=0 if scoring else 1,  # 0: every position
+            )
         batch = PaddedBatch(out.past_key_values, mask.to(self.device))
         self._on_step(len(jobs))
         for job in scoring:
@@ -247,13 +268,14 @@ class BatchEngine:
         self._before_forward(self._active)
         positions = batch.next_positions()
         ids = torch.tensor([[job.output_ids[-1]] for job in self._active], device=self.device)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=batch.grow(),
-            position_ids=positions,
-            past_key_values=batch.cache,
-            use_cache=True,
-        )
+        with self.lora.rows([job.params.adapter for job in self._active], [1] * len(self._active)):
+            out = self.model(
+                input_ids=ids,
+                attention_mask=batch.grow(),
+                position_ids=positions,
+                past_key_values=batch.cache,
+                use_cache=True,
+            )
         self._on_step(len(self._active))
         finished = set(self._advance(self._active, out.logits[:, -1]))
         if finished:
@@ -362,3 +384,10 @@ class BatchEngine:
     def _fail(self, jobs: list[Job], exc: BaseException) -> None:
         for job in jobs:
             self._finish(job, exc)
+
+
+def _run_command(command: Callable[[], object], done: Future[object]) -> None:
+    try:
+        done.set_result(command())
+    except Exception as exc:
+        done.set_exception(exc)

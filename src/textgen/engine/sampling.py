@@ -75,14 +75,19 @@ def select_tokens(
     # float32) then sends the others to -inf, never the best one to inf, so softmax cannot make NaN from inf - inf.
     picked = logits[rows]
     scaled = (picked - picked.amax(dim=-1, keepdim=True)) / temperatures.clamp(min=finfo.tiny).unsqueeze(1)
-    order = None
-    if any(params[i].top_k > 0 or params[i].top_p < 1.0 for i in sampled_rows):
-        scaled, order = scaled.sort(dim=-1, descending=True)
-        top_k = torch.tensor([params[i].top_k for i in sampled_rows])
-        top_p = torch.tensor([params[i].top_p for i in sampled_rows], dtype=logits.dtype)
-        scaled = filter_top_k_top_p(scaled, top_k, top_p)
+    # Only the rows that filter are sorted: a row sampled from sorted probabilities lands on another token for
+    # the same random draw, so sorting every row would make a seeded row's tokens depend on its batch.
+    filtered = [j for j, i in enumerate(sampled_rows) if params[i].top_k > 0 or params[i].top_p < 1.0]
+    order: dict[int, torch.Tensor] = {}
+    if filtered:
+        index = torch.tensor(filtered)
+        ordered, sort_order = scaled[index].sort(dim=-1, descending=True)
+        top_k = torch.tensor([params[sampled_rows[j]].top_k for j in filtered])
+        top_p = torch.tensor([params[sampled_rows[j]].top_p for j in filtered], dtype=logits.dtype)
+        scaled[index] = filter_top_k_top_p(ordered, top_k, top_p)
+        order = dict(zip(filtered, sort_order, strict=True))
     probs = scaled.softmax(dim=-1)
     for j, row in enumerate(sampled_rows):
         choice = torch.multinomial(probs[j], 1, generator=generators[row])
-        tokens[row] = order[j, choice] if order is not None else choice
+        tokens[row] = order[j][choice] if j in order else choice
     return tokens

@@ -10,6 +10,7 @@ from .sampling import SamplingParams
 
 if TYPE_CHECKING:
     from .grammar import CompiledGrammar
+    from .lora import LoraWeights
 
 FinishReason = Literal["length", "stop", "eos"]
 
@@ -29,6 +30,7 @@ class GenerationParams:
     logprobs: int | None = None  # report each new token's logprob and the top k (None: nothing, and no cost)
     prompt_logprobs: int | None = None  # also score the prompt's tokens, with the top k at each
     grammar: CompiledGrammar | None = None  # the output must match it (compiled before submission)
+    adapter: LoraWeights | None = None  # a LoRA adapter loaded into the engine (None: the base model)
 
 
 @dataclass(frozen=True)
