@@ -29,7 +29,8 @@ from textgen.api.routes import build_routes_app
 from textgen.api.schemas import GenerateBatchRequest, GenerateBatchResponse, GenerateRequest, GenerateResponse
 from textgen.config import get_settings
 from textgen.container_image import container_envs, container_image
-from textgen.serving.model_store import resolve_model_ref
+from textgen.serving.adapters import check_adapter_tags
+from textgen.serving.model_store import find_model, resolve_model_ref
 from textgen.serving.runtime import ModelRuntime
 
 bentoml_compat.apply(timeout_middleware=FirstByteTimeout)  # stops here if BentoML's internals moved
@@ -39,6 +40,8 @@ if bentoml_compat.is_serve_command():  # fail the command, not a worker that Ben
     check_auth_configured(settings)
 # Resolved before the decorators run: the image bakes in MODEL_TAG of the model `bentoml build` packs.
 MODEL_REF = resolve_model_ref(settings.model_tag)
+if bentoml_compat.is_serve_command():
+    check_adapter_tags(settings.lora_adapters, find_model(settings.model_tag))
 
 runtime = ModelRuntime(settings)  # this worker's model; nothing is loaded until the service starts
 generate_api = GenerateHandlers(runtime)

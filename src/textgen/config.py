@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
 
+    # LoRA adapters
+    lora_adapters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Store tags of LoRA adapters to load at start-up (comma-separated)."
+    )
+    max_loras: int = Field(4, ge=0, le=64, description="Adapters loaded at once (start-up and runtime loads).")
+
     # Auth
     api_key: SecretStr | None = None
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -81,7 +87,7 @@ class Settings(BaseSettings):
         "", description="Tests and soak runs only: requests whose prompt starts with this fail mid-generation."
     )
 
-    @field_validator("api_keys", "auth_open_paths", mode="before")
+    @field_validator("api_keys", "auth_open_paths", "lora_adapters", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -91,6 +97,12 @@ class Settings(BaseSettings):
     def _open_paths_valid(cls, value: list[str]) -> list[str]:
         effective_open_paths(value)  # refuses a bad `-` entry at start, not at the first request
         return value
+
+    @model_validator(mode="after")
+    def _adapters_fit(self) -> Settings:
+        if len(self.lora_adapters) > self.max_loras:
+            raise ValueError(f"LORA_ADAPTERS names {len(self.lora_adapters)} adapters; MAX_LORAS is {self.max_loras}")
+        return self
 
     @model_validator(mode="after")
     def _batch_defaults_to_limit(self) -> Settings:

@@ -302,5 +302,7 @@ def test_models_lists_the_served_model_once_loaded(handlers):
     assert abs(loaded_at - time.time()) < 3600  # the load time, in seconds since the epoch as OpenAI's `created`
     assert listing == {
         "object": "list",
-        "data": [{"id": TAG, "object": "model", "created": loaded_at, "owned_by": "textgen"}],
+        "data": [
+            {"id": TAG, "object": "model", "created": loaded_at, "owned_by": "textgen", "root": TAG, "parent": None}
+        ],
     }

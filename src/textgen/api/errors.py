@@ -34,6 +34,7 @@ INVALID_REQUEST = ErrorKind("invalid_request", 400)
 VALIDATION_ERROR = ErrorKind("validation_error", 400)
 INVALID_JSON = ErrorKind("invalid_json", 400)
 CONTEXT_LENGTH_EXCEEDED = ErrorKind("context_length_exceeded", 400)
+INVALID_ADAPTER = ErrorKind("invalid_adapter", 400)
 UNAUTHORIZED = ErrorKind("unauthorized", 401, {"WWW-Authenticate": AUTH_CHALLENGE})
 FORBIDDEN = ErrorKind("forbidden", 403)
 NOT_FOUND = ErrorKind("not_found", 404)
@@ -74,6 +75,8 @@ SERVING_ERRORS: dict[type[serving.ServingError], ErrorKind] = {
     serving.NotReady: MODEL_NOT_READY,
     serving.ContextTooLong: CONTEXT_LENGTH_EXCEEDED,
     serving.TooManyRows: INVALID_REQUEST,
+    serving.UnknownAdapter: MODEL_NOT_FOUND,
+    serving.AdapterRefused: INVALID_ADAPTER,
     serving.Overloaded: OVERLOADED,
     serving.QueueTimedOut: QUEUE_TIMEOUT,
     serving.ShuttingDown: SHUTTING_DOWN,

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from textgen.engine import GenerationParams
 from textgen.serving.async_engine import AsyncEngine, Row
 from textgen.serving.outputs import GenerationOutput, StreamEvent, TextDelta
 from textgen.serving.runtime import ModelRuntime
 
-from .rows import check_row_count, compile_constraint
+from .rows import check_adapter, check_row_count, compile_constraint, expand_rows
 from .schemas import (
     GenerateBatchRequest,
     GenerateBatchResponse,
@@ -34,14 +33,13 @@ class GenerateHandlers:
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         engine = self.runtime.engine()
-        output = await engine.generate(request.prompt, await self._params(engine, request))
+        (output,) = await engine.generate_rows(await self._rows(engine, request, [request.prompt]))
         return GenerateResponse.of(request.prompt, output, token_decoder(engine.tokenizer))
 
     async def generate_batch(self, request: GenerateBatchRequest) -> GenerateBatchResponse:
         engine = self.runtime.engine()
         check_row_count(engine, len(request.prompts), "prompts")
-        params = await self._params(engine, request)
-        outputs = await engine.generate_rows([Row(prompt, params) for prompt in request.prompts])
+        outputs = await engine.generate_rows(await self._rows(engine, request, request.prompts))
         decode = token_decoder(engine.tokenizer)
         return GenerateBatchResponse(
             results=[GenerateResponse.of(p, o, decode) for p, o in zip(request.prompts, outputs, strict=True)]
@@ -50,13 +48,15 @@ class GenerateHandlers:
     async def stream(self, request: GenerateRequest) -> AsyncIterator[str]:
         """Waits for admission, so that refusals can still be HTTP statuses; then the events come."""
         engine = self.runtime.engine()
-        events = engine.stream(request.prompt, await self._params(engine, request))
+        events = engine.stream_rows(await self._rows(engine, request, [request.prompt]))
         await anext(events)  # Admitted
         return _sse_events(request.prompt, events, token_decoder(engine.tokenizer))
 
     @staticmethod
-    async def _params(engine: AsyncEngine, request: GenerationFields) -> GenerationParams:
-        return await compile_constraint(engine, request.to_params(), request)
+    async def _rows(engine: AsyncEngine, request: GenerationFields, prompts: list[str]) -> list[Row]:
+        check_adapter(engine, request.adapter, "adapter")
+        params = await compile_constraint(engine, request.to_params(), request)
+        return expand_rows(prompts, params, adapter=request.adapter)
 
 
 async def _sse_events(

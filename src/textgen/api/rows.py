@@ -11,7 +11,7 @@ from textgen.engine import GenerationParams
 from textgen.engine.constraints import ConstraintError, OutputConstraint
 from textgen.serving.async_engine import AsyncEngine, Row
 
-from .errors import INVALID_REQUEST, ApiError
+from .errors import INVALID_REQUEST, MODEL_NOT_FOUND, ApiError
 
 
 def check_row_count(engine: AsyncEngine, rows: int, field: str) -> None:
@@ -33,16 +33,23 @@ def derived_seed(seed: int, copy: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # within the schema's 0..2**63-1
 
 
-def expand_rows(prompts: list[str], params: GenerationParams, copies: int) -> list[Row]:
+def expand_rows(prompts: list[str], params: GenerationParams, copies: int = 1, adapter: str | None = None) -> list[Row]:
     """`copies` rows per prompt, prompt by prompt (row i * copies + j), each with its own derived seed."""
     seed = params.sampling.seed
     if seed is None:
-        return [Row(prompt, params) for prompt in prompts for _ in range(copies)]
+        return [Row(prompt, params, adapter) for prompt in prompts for _ in range(copies)]
     seeded = [
         dataclasses.replace(params, sampling=dataclasses.replace(params.sampling, seed=derived_seed(seed, copy)))
         for copy in range(copies)
     ]
-    return [Row(prompt, copy) for prompt in prompts for copy in seeded]
+    return [Row(prompt, copy, adapter) for prompt in prompts for copy in seeded]
+
+
+def check_adapter(engine: AsyncEngine, name: str | None, field: str) -> None:
+    """A 404 naming the request's field for an adapter that is not loaded (OpenAI's model_not_found)."""
+    if name is not None and name not in engine.adapters.names():
+        served = ", ".join([engine.model_tag, *engine.adapters.names()])
+        raise ApiError(MODEL_NOT_FOUND, f"'{name}' is not served here; served: {served}", field=field)
 
 
 class Constrained(Protocol):

@@ -92,6 +92,7 @@ class GenerationFields(StructuredOutputFields):
     logprobs: TopLogprobs | None = Field(
         None, description="Return each generated token's logprob and the k most likely tokens (0 to 20)."
     )
+    adapter: str | None = Field(None, min_length=1, description="A loaded LoRA adapter (/v1/models); none: the base.")
 
     def to_params(self) -> GenerationParams:
         return GenerationParams(

@@ -7,11 +7,12 @@ domain errors (`serving.errors`). The API layer converts wire requests into thes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -28,7 +29,9 @@ from textgen.engine import (
     OutputConstraint,
     TokenLogprob,
 )
+from textgen.engine.lora import LoraWeights
 
+from .adapters import AdapterRegistry
 from .admission import AdmissionGate
 from .errors import ContextTooLong, GenerationFailed, Overloaded, QueueTimedOut, ShuttingDown, TooManyRows
 from .faults import FaultInjector
@@ -49,6 +52,7 @@ class Row:
 
     prompt: str
     params: GenerationParams
+    adapter: str | None = None  # a loaded LoRA adapter's name (None: the base model)
 
 
 def _deliver(
@@ -83,6 +87,7 @@ class AsyncEngine:
         batch_wait_s: float = 0.0,
         fault_marker: str = "",
         log_prompts: bool = False,
+        max_loras: int = 0,
     ):
         self.loaded = loaded
         self.log_prompts = log_prompts
@@ -96,6 +101,7 @@ class AsyncEngine:
             join_window_s=batch_wait_s,
             before_forward=FaultInjector.for_marker(fault_marker, loaded.tokenizer) if fault_marker else None,
         )
+        self.adapters = AdapterRegistry(self.engine, loaded.info, max_loras)
         if fault_marker:
             logger.warning("FAULT_INJECTION_MARKER is set: prompts starting with it fail on purpose (testing only)")
         if log_prompts:
@@ -146,12 +152,28 @@ class AsyncEngine:
             raise TooManyRows(f"{len(rows)} sequences requested; at most {self.max_rows} run at once")
         arrived = time.perf_counter()
         prompt_ids = await self._tokenize_all(rows)
+        with self.adapters.hold([row.adapter for row in rows]) as adapters:  # not unloaded while rows use them
+            # Closed with this generator (the client went away), not at garbage collection: its rows leave now.
+            async with aclosing(self._run_rows(rows, prompt_ids, adapters, text_deltas, arrived)) as events:
+                async for event in events:
+                    yield event
+
+    async def _run_rows(
+        self,
+        rows: Sequence[Row],
+        prompt_ids: list[list[int]],
+        adapters: list[LoraWeights | None],
+        text_deltas: bool,
+        arrived: float,
+    ) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, EngineEvent]] = asyncio.Queue()
         jobs = [
-            Job(ids, row.params, on_done=_deliver(events, loop, index))
-            for index, (row, ids) in enumerate(zip(rows, prompt_ids, strict=True))
+            Job(ids, dataclasses.replace(row.params, adapter=adapter), on_done=_deliver(events, loop, index))
+            for index, (row, ids, adapter) in enumerate(zip(rows, prompt_ids, adapters, strict=True))
         ]
+        if named := sorted({row.adapter for row in rows if row.adapter}):
+            logger.info("generating with adapter %s", ", ".join(named), extra={"adapter": ", ".join(named)})
         detokenizers = []
         for index, job in enumerate(jobs):
             if text_deltas:
@@ -192,7 +214,7 @@ class AsyncEngine:
                         if rest or unsent:
                             yield TextDelta(rest, index, unsent)
                     output = self._output(jobs[index], index, event, arrived)
-                    self.metrics.observe_output(output)
+                    self.metrics.observe_output(output, rows[index].adapter)
                     yield output
             finally:
                 for index in unfinished:  # cancelled, or the client went away: free the rows at the next step

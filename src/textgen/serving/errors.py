@@ -36,6 +36,14 @@ class TooManyRows(ServingError):
     """A request asks for more sequences than may run at once (it would wait for slots that never come)."""
 
 
+class UnknownAdapter(ServingError):
+    """No loaded adapter has this name (or, to load, the store has no such model)."""
+
+
+class AdapterRefused(ServingError):
+    """An adapter that cannot be loaded or unloaded: not an adapter, another base model, MAX_LORAS reached, ..."""
+
+
 class Overloaded(ServingError):
     """Every slot is busy and the queue is full."""
 

@@ -39,13 +39,17 @@ class GenerationMetrics:
         self.batch_size = Histogram("textgen_batch_size", "Rows per forward pass.", buckets=BATCH_BUCKETS)
         self.prompt_tokens = Counter("textgen_prompt_tokens", "Prompt tokens of finished generations.")
         self.generated_tokens = Counter("textgen_generated_tokens", "Tokens generated.")
+        # By adapter name (store names, chosen by the operator: a bounded set, at most MAX_LORAS at a time).
+        self.adapter_requests = Counter("textgen_adapter_requests", "Finished rows that used an adapter.", ["adapter"])
+        self.adapter_prompt_tokens = Counter("textgen_adapter_prompt_tokens", "Their prompt tokens.", ["adapter"])
+        self.adapter_generated_tokens = Counter("textgen_adapter_generated_tokens", "Their tokens.", ["adapter"])
         self.model_loaded = Gauge("textgen_model_loaded", "1 once the model is loaded.", multiprocess_mode="livemax")
 
     def observe_load(self, gate: AdmissionGate) -> None:
         self.running.set(gate.running)
         self.waiting.set(gate.waiting)
 
-    def observe_output(self, output: GenerationOutput) -> None:
+    def observe_output(self, output: GenerationOutput, adapter: str | None = None) -> None:
         """A finished generation (one row; the request's outcome is counted once, on admission's exit)."""
         t = output.timings
         generated = output.completion_tokens
@@ -59,6 +63,10 @@ class GenerationMetrics:
             self.inter_token_latency.observe(decode_s / (generated - 1))
         self.prompt_tokens.inc(output.prompt_tokens)
         self.generated_tokens.inc(generated)
+        if adapter is not None:
+            self.adapter_requests.labels(adapter).inc()
+            self.adapter_prompt_tokens.labels(adapter).inc(output.prompt_tokens)
+            self.adapter_generated_tokens.labels(adapter).inc(generated)
 
 
 @lru_cache

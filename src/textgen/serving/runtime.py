@@ -73,8 +73,11 @@ class ModelRuntime:
             batch_wait_s=s.batch_wait_ms / 1000,
             fault_marker=s.fault_injection_marker,
             log_prompts=s.log_prompts,
+            max_loras=s.max_loras,
         )
         engine.start()
+        for tag in s.lora_adapters:  # before readiness: a ready server serves every adapter it was told to
+            engine.adapters.load_now(tag)
         self.attach(engine)
         metrics.model_loaded.set(1)
         freeze_startup_objects()

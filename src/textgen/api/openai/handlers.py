@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from textgen.api.errors import INVALID_REQUEST, MODEL_NOT_FOUND, ApiError
-from textgen.api.rows import check_row_count, compile_constraint, expand_rows
+from textgen.api.errors import INVALID_REQUEST, ApiError
+from textgen.api.rows import check_adapter, check_row_count, compile_constraint, expand_rows
 from textgen.api.schemas import Usage
 from textgen.api.sse import sse, stream_error
 from textgen.api.tokens import token_decoder
@@ -33,16 +33,23 @@ class OpenAIHandlers:
         self.runtime = runtime
 
     def models(self) -> ModelList:
-        engine = self.runtime.engine()
-        return ModelList(data=[ModelCard(id=engine.model_tag, created=self.runtime.loaded_at)])
+        engine, created = self.runtime.engine(), self.runtime.loaded_at
+        base = ModelCard(id=engine.model_tag, created=created, root=engine.model_tag)
+        adapters = [
+            ModelCard(id=a.name, created=created, root=a.tag, parent=engine.model_tag)
+            for a in engine.adapters.loaded.values()
+            if not a.unloading
+        ]
+        return ModelList(data=[base, *adapters])
 
     async def completions(self, request: CompletionRequest) -> Response:
-        engine = self._engine_for(request.model)
+        engine = self.runtime.engine()
         fmt = CompletionFormat(token_decoder(engine.tokenizer))
         return await self._respond(engine, request, request.prompts, fmt, echo=request.echo)
 
     async def chat(self, request: ChatCompletionRequest) -> Response:
-        engine = self._engine_for(request.model)
+        engine = self.runtime.engine()
+        self._adapter_for(engine, request.model)  # an unknown model is a 404 before anything else
         if not engine.tokenizer.chat_template:
             raise ApiError(
                 INVALID_REQUEST,
@@ -56,16 +63,13 @@ class OpenAIHandlers:
         prompt = engine.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         return await self._respond(engine, request, [prompt], ChatFormat(token_decoder(engine.tokenizer)))
 
-    def _engine_for(self, requested: str | None) -> AsyncEngine:
-        engine = self.runtime.engine()
-        tag = engine.model_tag
-        if (
-            requested is not None and requested.split(":")[0] != tag.split(":")[0]
-        ):  # the name, with or without a version
-            raise ApiError(
-                MODEL_NOT_FOUND, f"model '{requested}' is not served here; this one is '{tag}'", field="model"
-            )
-        return engine
+    @staticmethod
+    def _adapter_for(engine: AsyncEngine, requested: str | None) -> str | None:
+        """The adapter `model` names (None: the base model, by its name with or without a version)."""
+        if requested is None or requested.split(":")[0] == engine.model_tag.split(":")[0]:
+            return None
+        check_adapter(engine, requested, "model")
+        return requested
 
     async def _respond(
         self, engine: AsyncEngine, request: SamplingFields, prompts: list[str], fmt: ResponseFormat, echo: bool = False
@@ -73,8 +77,9 @@ class OpenAIHandlers:
         copies = request.copies
         field = "prompt" if len(prompts) > 1 else ("best_of" if copies > request.n else "n")
         check_row_count(engine, len(prompts) * copies, field)
+        adapter = self._adapter_for(engine, request.model)
         params = await compile_constraint(engine, request.to_params(), request)
-        rows = expand_rows(prompts, params, copies)
+        rows = expand_rows(prompts, params, copies, adapter)
         reply = _Reply(request, prompts, fmt, echo, engine.model_tag)
         if not request.stream:
             return JSONResponse(reply.full(await engine.generate_rows(rows)))

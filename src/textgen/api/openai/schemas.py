@@ -269,6 +269,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "textgen"
+    root: str | None = Field(None, description="The store tag it was loaded from.")
+    parent: str | None = Field(None, description="For a LoRA adapter: the base model it adapts.")
 
 
 class ModelList(BaseModel):
