@@ -12,7 +12,6 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.conftest import build_tiny_model
-from tests.lora_support import make_lora_adapter
 from textgen.api.errors import ApiError
 from textgen.api.generate import GenerateHandlers
 from textgen.api.openai.handlers import OpenAIHandlers
@@ -21,6 +20,7 @@ from textgen.api.schemas import GenerateRequest
 from textgen.serving import adapters as adapters_module
 from textgen.serving.adapters import check_base
 from textgen.serving.errors import AdapterRefused, UnknownAdapter
+from textgen_bench.common.lora import make_lora_adapter
 
 from .tiny_serving import TAG, drained, loaded_model, runtime_serving, wait_until
 

@@ -13,9 +13,9 @@ import torch
 from peft import PeftModel
 
 from tests.conftest import build_tiny_model
-from tests.lora_support import make_lora_adapter
 from textgen.engine import BatchEngine, GenerationParams, Job, SamplingParams
 from textgen.engine.lora import LoraError, read_lora
+from textgen_bench.common.lora import make_lora_adapter
 
 from .test_engine import run_jobs
 

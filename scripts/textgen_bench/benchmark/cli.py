@@ -14,6 +14,7 @@ the targets, and writes JSON + PNG under bench-results/. Servers run on free 127
     python scripts/benchmark.py                              # levels 1,5,16,32, ~6 min on a quiet 2-core machine
     python scripts/benchmark.py --levels 5 --systems server,raw --rounds 8
     python scripts/benchmark.py --structured --levels 32     # JSON-schema rows against unconstrained ones
+    python scripts/benchmark.py --adapters 4 --levels 16     # rows spread over 4 LoRA adapters against base-only
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..common.client import warm_up
 from ..common.machine import BUSY_OTHERS_CORES, busy_warning, machine_info, watch_cpu
 from ..common.servers import REPO_ROOT
 from ..common.text import format_targets
-from . import structured
+from . import adapters, structured
 from .load import LoadPlan, run_load
 from .plot import plot_levels
 from .raw import RawModel
@@ -57,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--request-rate", type=float, help="Poisson arrivals per second (default: all at once)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--stream", action="store_true", help="drive our server's /generate_stream: adds TTFT")
+    p.add_argument(
+        "--adapters",
+        type=int,
+        default=0,
+        help="our server only: K random LoRA adapters, rows spread over them, against base-only rows",
+    )
     p.add_argument(
         "--structured",
         action="store_true",
@@ -213,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {report.machine.load_avg_at_start}; results -> {json_path}", flush=True)
     # Servers run in their own sessions: turn SIGTERM into an exit so the `finally` below still stops them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.adapters:
+        return adapters.main(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem, json_path)
     if args.structured:
         return structured.main(args, Servers(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem), json_path)
     raw_model = RawModel(args.model_tag) if "raw" in args.systems else None

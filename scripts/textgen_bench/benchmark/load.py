@@ -32,6 +32,12 @@ class LoadPlan:
     health_interval_s: float = 0.1
     seed: int = 0
     stream: bool = False  # /generate_stream: time to first token is measured too
+    variations: tuple[dict[str, Any], ...] = ()  # request i also gets variations[i % len] (e.g. its adapter)
+
+    def payload_of(self, request: int) -> dict[str, Any]:
+        if not self.variations:
+            return self.payload
+        return {**self.payload, **self.variations[request % len(self.variations)]}
 
 
 @dataclass
@@ -93,16 +99,16 @@ async def _post_streaming(
 
 
 async def _one_request(
-    client: httpx.AsyncClient, plan: LoadPlan, gate: asyncio.Semaphore, delay_s: float
+    client: httpx.AsyncClient, plan: LoadPlan, gate: asyncio.Semaphore, delay_s: float, index: int
 ) -> RequestSample:
     await asyncio.sleep(delay_s)
     async with gate:
         started = time.perf_counter()
         try:
             if plan.stream:
-                status, body, ttft_s = await _post_streaming(client, plan.payload, started)
+                status, body, ttft_s = await _post_streaming(client, plan.payload_of(index), started)
             else:
-                status, body, ttft_s = await _post(client, plan.payload)
+                status, body, ttft_s = await _post(client, plan.payload_of(index))
         except httpx.HTTPError as exc:
             return RequestSample(ok=False, latency_s=time.perf_counter() - started, error=type(exc).__name__)
         return _sample_from(status, body, time.perf_counter() - started, ttft_s)
@@ -120,7 +126,7 @@ async def run_load(plan: LoadPlan) -> LoadOutcome:
     ):
         poller = asyncio.create_task(poll_health(health_client, plan.health_interval_s, stop, health))
         delays = arrival_delays(plan.requests, plan.request_rate, plan.seed)
-        tasks = [asyncio.create_task(_one_request(client, plan, gate, d)) for d in delays]
+        tasks = [asyncio.create_task(_one_request(client, plan, gate, d, i)) for i, d in enumerate(delays)]
         started = time.perf_counter()
         done, pending = await asyncio.wait(tasks, timeout=plan.run_timeout_s)
         duration = time.perf_counter() - started
