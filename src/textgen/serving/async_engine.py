@@ -29,6 +29,7 @@ from .faults import FaultInjector
 from .metrics import GenerationMetrics
 from .model_store import LoadedModel
 from .outputs import Admitted, GenerationOutput, StreamEvent, TextDelta, Timings
+from .usage import report_usage
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class AsyncEngine:
         if text_deltas:
             job.on_token = deliver
         pieces = IncrementalDetokenizer(self.tokenizer, hold_back=max((len(s) for s in params.stop), default=1) - 1)
-        finished = False
+        finished, streamed = False, 0
         async with self._admission():
             try:
                 self.engine.submit(job)
@@ -131,6 +132,7 @@ class AsyncEngine:
                     if isinstance(event, BaseException):
                         raise _failure(event) from event
                     if isinstance(event, int):
+                        streamed += 1
                         if piece := pieces.add(event):
                             yield TextDelta(piece)
                         continue
@@ -141,11 +143,13 @@ class AsyncEngine:
                         yield TextDelta(rest)
                     output = self._output(job, event, arrived)
                     self.metrics.observe_output(output)
+                    report_usage(output.prompt_tokens, output.completion_tokens)
                     yield output
                     return
             finally:
                 if not finished:  # cancelled, or the client went away: free the row at the next step
                     self.engine.cancel(job)
+                    report_usage(len(job.prompt_ids), streamed)  # what a stream received is charged
 
     @asynccontextmanager
     async def _admission(self) -> AsyncIterator[None]:
