@@ -9,6 +9,7 @@ Reads after the body (waiting for a disconnect, while a generation runs) have no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,30 +30,32 @@ class BodyTimeout:
             await self.app(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.timeout_s
-        body_done = False
-        response_started = False
+        body_done = response_started = timed_out = False
 
         async def receive_by_deadline() -> Message:
-            nonlocal body_done
+            nonlocal body_done, timed_out
             if body_done:
                 return await receive()
             left = deadline - asyncio.get_running_loop().time()
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(left, 0))
             except TimeoutError:
+                if response_started:
+                    raise
+                # Answered here, not where the exception is caught: a framework inside may turn it into a 500.
+                timed_out = True
+                message = f"the request body did not arrive within {self.timeout_s:g} s"
+                await error_response(REQUEST_TIMEOUT, message)(scope, receive, send)
                 raise BodyTimedOut from None
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        async def send_marking(message: Message) -> None:
+        async def send_unless_answered(message: Message) -> None:
             nonlocal response_started
+            if timed_out:
+                return  # the app's own answer to the exception: the client has its 408
             response_started = True
             await send(message)
 
-        try:
-            await self.app(scope, receive_by_deadline, send_marking)
-        except BodyTimedOut:
-            if response_started:
-                raise
-            message = f"the request body did not arrive within {self.timeout_s:g} s"
-            await error_response(REQUEST_TIMEOUT, message)(scope, receive, send)
+        with contextlib.suppress(BodyTimedOut):  # the 408 is sent
+            await self.app(scope, receive_by_deadline, send_unless_answered)
