@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .middleware.auth import is_open_path
+from .middleware.rewrite import rewriting_send
 
 DOCUMENT_PATH = "/docs.json"
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -82,26 +83,11 @@ class SecuredOpenAPI:
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != DOCUMENT_PATH:
             await self.app(scope, receive, send)
             return
-        start: Message | None = None
-        chunks: list[bytes] = []
 
-        async def rewrite(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-                if message["status"] != 200:
-                    await send(message)
-                return
-            assert start is not None
-            if start["status"] != 200:
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = json.dumps(secured(json.loads(b"".join(chunks)), self.open_paths, self.routes)).encode()
-            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+        def is_ok(start: Message) -> bool:
+            return start["status"] == 200
 
-        await self.app(scope, receive, rewrite)
+        def completed(_: Message, body: bytes) -> bytes:
+            return json.dumps(secured(json.loads(body), self.open_paths, self.routes)).encode()
+
+        await self.app(scope, receive, rewriting_send(send, is_ok, completed))
