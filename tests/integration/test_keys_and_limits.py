@@ -139,7 +139,9 @@ def test_one_keys_flood_does_not_starve_another_key(keyed_server: Server):
 
     alone_s, flooded_s = statistics.median(alone), statistics.median(flooded)
     print(f"trickle median alone {alone_s * 1000:.0f} ms, under the flood {flooded_s * 1000:.0f} ms")
-    assert flooded_s < 2 * alone_s + 0.1, (alone, flooded)
+    # Quiet machine: 22 ms alone, 32 ms under the flood; with the full suite and another user on the 2 cores,
+    # 170 ms and 450 ms. With the flood's cap lifted: 1.4 s and 2.8 s. The bound separates the two.
+    assert flooded_s < 3 * alone_s + 0.15, (alone, flooded)
     assert flood_statuses.count(200) > 0 and flood_statuses.count(429) > 0  # the cap was what held the flood
     assert set(flood_statuses) <= {200, 429}
 

@@ -91,6 +91,13 @@ def test_auth_open_paths_adds_to_the_default_open_paths():
     assert_error(client.get("/crash"), 401, "unauthorized")
 
 
+def test_the_docs_are_open_by_default_and_docs_open_false_closes_them():
+    for path in ("/docs", "/docs.json", "/schema.json", "/", "/static_content/x.js"):
+        assert make_client(Settings(api_key=KEY, _env_file=None)).get(path).status_code != 401, path
+        closed = make_client(Settings(api_key=KEY, docs_open=False, _env_file=None))
+        assert_error(closed.get(path), 401, "unauthorized")
+
+
 def test_a_dash_entry_puts_a_default_open_path_behind_the_key():
     client = make_client(Settings(api_key=KEY, auth_open_paths="/docs,-/metrics", _env_file=None))
     assert_error(client.get("/metrics"), 401, "unauthorized")
