@@ -18,14 +18,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 from textgen import bentoml_compat
 from textgen.api.endpoints import answer, answer_stream
 from textgen.api.generate import GenerateHandlers
+from textgen.api.http_protocol import guarded_protocol
 from textgen.api.logs import configure_logging
 from textgen.api.middleware.auth import APIKeyMiddleware, check_auth_configured
 from textgen.api.middleware.body_guard import RequestBodyGuard
+from textgen.api.middleware.body_timeout import BodyTimeout
 from textgen.api.middleware.error_envelope import ErrorEnvelopeMiddleware
 from textgen.api.middleware.first_byte_timeout import FirstByteTimeout
+from textgen.api.middleware.quota import QuotaMiddleware
 from textgen.api.openai.handlers import OpenAIHandlers
 from textgen.api.openai.schemas import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest
-from textgen.api.routes import build_routes_app
+from textgen.api.openapi import SecuredOpenAPI
+from textgen.api.quota import QuotaBook
+from textgen.api.routes import DOCUMENTED_ROUTES, build_routes_app
 from textgen.api.schemas import GenerateBatchRequest, GenerateBatchResponse, GenerateRequest, GenerateResponse
 from textgen.config import get_settings
 from textgen.container_image import container_envs, container_image
@@ -35,6 +40,7 @@ from textgen.serving.runtime import ModelRuntime
 
 bentoml_compat.apply(timeout_middleware=FirstByteTimeout)  # stops here if BentoML's internals moved
 settings = get_settings()
+bentoml_compat.use_http_protocol(guarded_protocol(settings))  # header and idle-connection bounds
 if bentoml_compat.is_serve_command():  # fail the command, not a worker that BentoML would restart forever
     configure_logging(settings)
     check_auth_configured(settings)
@@ -46,9 +52,10 @@ if bentoml_compat.is_serve_command():
 runtime = ModelRuntime(settings)  # this worker's model; nothing is loaded until the service starts
 generate_api = GenerateHandlers(runtime)
 openai_api = OpenAIHandlers(runtime)
+quota_book = QuotaBook(settings.limits_for)  # per-key limits and usage, by key name
 
 
-@bentoml.asgi_app(build_routes_app(runtime, openai_api), path="/")
+@bentoml.asgi_app(build_routes_app(runtime, openai_api, quota_book), path="/")
 @bentoml.service(
     name="textgen",
     workers=1,
@@ -103,7 +110,11 @@ class TextGeneration:
         return await answer(ctx, lambda: openai_api.chat(ChatCompletionRequest.model_validate(params)))
 
 
-# First added is outermost: errors are normalised last, auth runs before any body is read.
+# First added is outermost: errors are normalised last, auth and the key's limits apply before any body is read,
+# and the body is read within BODY_TIMEOUT_S.
 TextGeneration.add_asgi_middleware(ErrorEnvelopeMiddleware)
+TextGeneration.add_asgi_middleware(SecuredOpenAPI, open_paths=settings.open_paths(), routes=DOCUMENTED_ROUTES)
 TextGeneration.add_asgi_middleware(APIKeyMiddleware, settings=settings)
+TextGeneration.add_asgi_middleware(QuotaMiddleware, book=quota_book)
+TextGeneration.add_asgi_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
 TextGeneration.add_asgi_middleware(RequestBodyGuard, max_bytes=settings.max_body_bytes)

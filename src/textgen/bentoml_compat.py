@@ -25,6 +25,7 @@ TRACE_RECORD_ATTRS = ("levelname_bracketed", "component", "trace_msg", "request_
 _INTERNALS = (
     ("bentoml._internal.server.http.traffic", "TimeoutMiddleware", "replaced by FirstByteTimeout (request leak)"),
     ("bentoml._internal.context", "trace_context", "request and trace ids for error bodies and logs"),
+    ("uvicorn.config", "HTTP_PROTOCOLS", "BentoML's workers build uvicorn.Config(http='auto'): the protocol for it"),
 )
 
 
@@ -62,6 +63,19 @@ def apply(timeout_middleware: type) -> None:
     check()
     traffic = importlib.import_module(_INTERNALS[0][0])
     traffic.TimeoutMiddleware = timeout_middleware
+
+
+def use_http_protocol(protocol: type) -> None:
+    """Make the uvicorn server of BentoML's worker speak HTTP with `protocol` (GuardedH11Protocol).
+
+    BentoML 1.4.39's worker (`_bentoml_impl.worker.service`) imports the service, then builds
+    `uvicorn.Config(...)` with no `http=` and none of uvicorn's header or connection bounds: the default
+    "auto" resolves through `uvicorn.config.HTTP_PROTOCOLS`, which accepts a class as well as an import string.
+    """
+    protocols = _internal(*_INTERNALS[2])
+    if "auto" not in protocols:
+        raise IncompatibleBentoML("uvicorn.config.HTTP_PROTOCOLS has no 'auto' entry; port bentoml_compat.py")
+    protocols["auto"] = protocol
 
 
 @lru_cache

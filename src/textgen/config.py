@@ -6,10 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_OPEN_PATHS = ("/health", "/livez", "/readyz", "/healthz", "/metrics")
+# Swagger UI and the documents it reads: open unless DOCS_OPEN=false (a browser cannot send a key to open a page).
+DOCS_PATHS = ("/", "/docs", "/docs.json", "/schema.json", "/static_content/*")
 
 
 def _split_csv(value: object) -> object:
@@ -24,15 +26,52 @@ def _split_csv(value: object) -> object:
     return value
 
 
-def effective_open_paths(entries: list[str]) -> list[str]:
-    """DEFAULT_OPEN_PATHS plus the `/path` entries, minus the `-/path` ones.
+class KeyLimits(BaseModel):
+    """Per-key limits; None is no limit. Written `rpm=60,tpm=20000,concurrency=2` in settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (a sliding 60 s window).")
+    tpm: int | None = Field(None, ge=1, description="Generated tokens per minute, charged when a generation ends.")
+    concurrency: int | None = Field(None, ge=1, description="Requests in flight at once.")
+
+    @classmethod
+    def parse(cls, spec: str) -> KeyLimits:
+        """`rpm=60,tpm=20000,concurrency=2` (any subset; empty: no limits)."""
+        fields: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"'{item}' is not NAME=VALUE (rpm, tpm or concurrency)")
+            fields[name.strip().lower()] = value.strip()
+        return cls.model_validate(fields)
+
+    def merged_over(self, default: KeyLimits) -> KeyLimits:
+        """These limits, with `default`'s where these set none."""
+        return KeyLimits.model_validate({**default.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+def parse_key_limits(spec: str) -> dict[str, KeyLimits]:
+    """KEY_LIMITS: `name:rpm=10,tpm=1000;other:concurrency=1` (entries separated by `;`)."""
+    limits: dict[str, KeyLimits] = {}
+    for entry in filter(None, (part.strip() for part in spec.split(";"))):
+        name, sep, rest = entry.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"'{entry}' is not NAME:LIMITS (e.g. alice:rpm=60,concurrency=2)")
+        limits[name.strip()] = KeyLimits.parse(rest)
+    return limits
+
+
+def effective_open_paths(entries: list[str], docs_open: bool = True) -> list[str]:
+    """DEFAULT_OPEN_PATHS (and DOCS_PATHS if `docs_open`) plus the `/path` entries, minus the `-/path` ones.
 
     Additive because users read AUTH_OPEN_PATHS=/docs as "also /docs": replacing the defaults put
     /health and /readyz behind the key and broke healthchecks. A removal that names no open path
     is refused: a typo such as `-/metric` would otherwise leave /metrics open without a word.
     """
     removed = [e[1:] for e in entries if e.startswith("-")]
-    paths = list(dict.fromkeys([*DEFAULT_OPEN_PATHS, *(e for e in entries if not e.startswith("-"))]))
+    defaults = [*DEFAULT_OPEN_PATHS, *(DOCS_PATHS if docs_open else ())]
+    paths = list(dict.fromkeys([*defaults, *(e for e in entries if not e.startswith("-"))]))
     if unknown := [p for p in removed if p not in paths]:
         raise ValueError(f"cannot close {', '.join(unknown)}: not an open path (open: {', '.join(paths)})")
     return [p for p in paths if p not in removed]
@@ -58,8 +97,14 @@ class Settings(BaseSettings):
     # Auth
     api_key: SecretStr | None = None
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    api_keys_file: Path | None = Field(None, description="One key per line; re-read when the file changes.")
+    api_keys_file: Path | None = Field(
+        None, description="One key per line: `KEY`, `NAME:KEY` or `NAME:sha256:HEX`; re-read when the file changes."
+    )
+    admin_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Keys that may also call the admin routes (/v1/usage); same entry formats."
+    )
     auth_disabled: bool = False
+    docs_open: bool = Field(True, description="Serve Swagger UI and the OpenAPI documents without a key.")
     auth_open_paths: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -75,8 +120,20 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(None, ge=1, description="Rows per forward pass (default: max_concurrency).")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="An idle engine waits this long for a burst.")
 
+    # Per-key limits
+    default_key_limits: Annotated[KeyLimits, NoDecode] = Field(
+        default_factory=KeyLimits, description="Limits of every key without its own: `rpm=60,tpm=20000,concurrency=2`."
+    )
+    key_limits: Annotated[dict[str, KeyLimits], NoDecode] = Field(
+        default_factory=dict, description="Per key name, over the defaults: `alice:rpm=10;bob:concurrency=1`."
+    )
+
     # HTTP
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Whole request body within this, from its headers; else 408.")
+    header_timeout_s: float = Field(10.0, gt=0, description="Request head within this, from its first byte; else 408.")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="A connection with no request started closes after this.")
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="Longer request heads get 400.")
 
     # Logs
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line.")
@@ -87,16 +144,32 @@ class Settings(BaseSettings):
         "", description="Tests and soak runs only: requests whose prompt starts with this fail mid-generation."
     )
 
-    @field_validator("api_keys", "auth_open_paths", "lora_adapters", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "auth_open_paths", "lora_adapters", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("auth_open_paths")
+    @field_validator("default_key_limits", mode="before")
     @classmethod
-    def _open_paths_valid(cls, value: list[str]) -> list[str]:
-        effective_open_paths(value)  # refuses a bad `-` entry at start, not at the first request
+    def _limits(cls, value: object) -> object:
+        return KeyLimits.parse(value) if isinstance(value, str) else value
+
+    @field_validator("key_limits", mode="before")
+    @classmethod
+    def _per_key_limits(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):  # JSON: {"alice": {"rpm": 10}} or {"alice": "rpm=10"}
+                import json
+
+                return {k: KeyLimits.parse(v) if isinstance(v, str) else v for k, v in json.loads(text).items()}
+            return parse_key_limits(text)
         return value
+
+    @model_validator(mode="after")
+    def _open_paths_valid(self) -> Settings:
+        self.open_paths()  # refuses a bad `-` entry at start, not at the first request
+        return self
 
     @model_validator(mode="after")
     def _adapters_fit(self) -> Settings:
@@ -117,10 +190,19 @@ class Settings(BaseSettings):
 
     def open_paths(self) -> list[str]:
         """The paths that need no key: the defaults changed by AUTH_OPEN_PATHS."""
-        return effective_open_paths(self.auth_open_paths)
+        return effective_open_paths(self.auth_open_paths, self.docs_open)
+
+    def limits_for(self, key_name: str) -> KeyLimits:
+        own = self.key_limits.get(key_name)
+        return own.merged_over(self.default_key_limits) if own else self.default_key_limits
 
     def auth_configured(self) -> bool:
-        return self.auth_disabled or bool(self.static_keys()) or self.api_keys_file is not None
+        return (
+            self.auth_disabled
+            or bool(self.static_keys())
+            or bool(self.admin_api_keys)
+            or self.api_keys_file is not None
+        )
 
 
 @lru_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -20,8 +21,10 @@ from transformers import AutoTokenizer
 from tests.conftest import REPO
 
 API_KEY = "test-key-0123456789"
-FILE_KEY = "file-key-abcdef"
+FILE_KEY = "file-key-abcdef-0123"
 MODEL_NAME = "tiny-gpt2"
+# Server settings a test gives explicitly; stray ones in the environment are dropped.
+KEY_SETTINGS = ("API_KEY", "API_KEYS", "API_KEYS_FILE", "ADMIN_API_KEYS", "KEY_LIMITS", "DEFAULT_KEY_LIMITS")
 FAULT_MARKER = "__inject_fault__"  # prompts starting with it fail mid-generation (see textgen.serving.faults)
 
 
@@ -81,7 +84,7 @@ def server_env(store_home: Path, log: Path, env: dict[str, str]) -> dict[str, st
     if not (home / "models").exists():
         (home / "models").symlink_to(store_home / "models")
     full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
-    for name in ("API_KEY", "API_KEYS", "API_KEYS_FILE", "AUTH_DISABLED", "MODEL_TAG", "HOST", "PORT"):
+    for name in (*KEY_SETTINGS, "AUTH_DISABLED", "MODEL_TAG", "HOST", "PORT"):
         if name not in env:
             full_env.pop(name, None)
     return full_env
@@ -209,3 +212,53 @@ def oai(server: Server) -> openai.OpenAI:
 def chat(chat_server: str) -> openai.OpenAI:
     """The official SDK on the chat model's server."""
     return openai.OpenAI(base_url=chat_server + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+# A second server with named keys (one given by its digest), an admin key, per-key limits and short client
+# timeouts: the key, quota, usage and slow-client tests share it.
+NAMED_KEYS = {
+    "trickle": "trickle-key-0123456789",
+    "flood": "flood-key-0123456789",
+    "rpm-limited": "rpm-limited-key-0123456789",
+    "tpm-limited": "tpm-limited-key-0123456789",
+    "hashed": "hashed-key-0123456789",
+}
+ADMIN_KEY = "admin-key-0123456789"
+KEY_LIMITS = "flood:concurrency=2;rpm-limited:rpm=3;tpm-limited:tpm=20"
+SHORT_TIMEOUT_S = 2.0  # BODY_TIMEOUT_S, HEADER_TIMEOUT_S and KEEPALIVE_TIMEOUT_S of the keyed server
+
+
+def keys_file_text(keys: dict[str, str]) -> str:
+    """`name:key` lines, and `name:sha256:HEX` for the key named `hashed`."""
+    lines = ["# named keys"]
+    for name, key in keys.items():
+        secret = "sha256:" + hashlib.sha256(key.encode()).hexdigest() if name == "hashed" else key
+        lines.append(f"{name}:{secret}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("keyed-server")
+    keys_file = workdir / "keys.txt"
+    keys_file.write_text(keys_file_text(NAMED_KEYS))
+    log = workdir / "serve.log"
+    env = {
+        "MODEL_TAG": f"{MODEL_NAME}:latest",
+        "API_KEYS_FILE": str(keys_file),
+        "ADMIN_API_KEYS": f"ops:{ADMIN_KEY}",
+        "KEY_LIMITS": KEY_LIMITS,
+        "MAX_CONCURRENCY": "5",
+        "MAX_QUEUE": "16",
+        "QUEUE_TIMEOUT_S": "600",
+        "BODY_TIMEOUT_S": str(SHORT_TIMEOUT_S),
+        "HEADER_TIMEOUT_S": str(SHORT_TIMEOUT_S),
+        "KEEPALIVE_TIMEOUT_S": str(SHORT_TIMEOUT_S),
+        "MAX_HEADER_BYTES": "8192",
+    }
+    process, url = start_server(store_home, log, env)
+    try:
+        wait_ready(process, url, log)
+        yield Server(url, process, log, keys_file)
+    finally:
+        stop(process)

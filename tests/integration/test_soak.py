@@ -37,16 +37,30 @@ def assert_nothing_lost(report: dict, output: str) -> None:
     assert slots["peak_waiting"] <= report["config"]["max_queue"]
 
 
+def assert_flood_and_stalled_sockets_handled(report: dict, output: str, sockets: int) -> None:
+    flood = report["flood"]
+    assert flood["lost"] == 0 and flood["errors"] == 0, output  # every flooding request answered cleanly
+    assert flood["rejected"].get("429", 0) > 0, output  # its own limit held it
+    stalled = report["stalled"]
+    assert stalled["peak_open"] >= sockets and stalled["connect_failures"] == 0, output
+    assert set(stalled["answers"]) <= {"body:408", "head:408", "idle:closed"}, output
+
+
 def test_a_short_soak_loses_nothing_and_frees_every_slot(store_home: Path, tmp_path: Path):
-    # The tiny model, 2 slots and a queue of 4: 24 clients keep it full and overflowing for 10 s.
+    # The tiny model, 2 slots and a queue of 4: 24 clients keep it full and overflowing for 10 s, while a
+    # second key (1 request in flight) floods from 4 clients and 30 sockets stall (2 s body/head/idle bounds).
     # /health latency and RSS are reported but asserted only in the slow full run: a shared CI box skews them.
     args = ["--model-tag", f"{MODEL_NAME}:latest", "--max-concurrency", "2", "--max-queue", "4"]
     args += ["--queue-timeout", "2", "--duration", "10"]
-    report, output = run_soak(tmp_path, {"BENTOML_HOME": str(store_home)}, *args, timeout_s=180)
+    args += ["--flood-clients", "4", "--flood-concurrency", "1", "--stalled-sockets", "30"]
+    env = {"BENTOML_HOME": str(store_home), "BODY_TIMEOUT_S": "2", "HEADER_TIMEOUT_S": "2", "KEEPALIVE_TIMEOUT_S": "2"}
+    report, output = run_soak(tmp_path, env, *args, timeout_s=180)
     assert_nothing_lost(report, output)
     assert report["config"]["clients"] == 4 * (2 + 4)
     assert report["counts"]["rejected"].get("429", 0) > 0, output  # the overflow was refused, not queued forever
     assert "| **lost** | **0** |" in output
+    assert_flood_and_stalled_sockets_handled(report, output, 30)
+    assert report["stalled"]["answers"].get("body:408", 0) > 0, output  # the 2 s bounds closed them
 
 
 @pytest.mark.slow
@@ -56,3 +70,14 @@ def test_a_full_minute_soak_of_distilgpt2_random_passes_every_check(tmp_path: Pa
     assert_nothing_lost(report, output)
     failed = [check for check in report["checks"] if check["verdict"] != "PASS"]
     assert not failed, output  # /health p99 < 50 ms and RSS growth <= 10 % included
+
+
+@pytest.mark.slow
+def test_a_minute_with_a_flooding_key_and_300_stalled_sockets_loses_no_accepted_request(tmp_path: Path):
+    """The same minute, while a second key (2 in flight) floods from 24 clients that ignore Retry-After and
+    300 sockets stall (idle, half a head, half a body) under the default bounds (5 s idle, 10 s head, 30 s body)."""
+    report, output = run_soak(tmp_path, {}, "--flood-clients", "24", "--stalled-sockets", "300", timeout_s=900)
+    assert_nothing_lost(report, output)
+    assert_flood_and_stalled_sockets_handled(report, output, 300)
+    failed = [check for check in report["checks"] if check["verdict"] != "PASS"]
+    assert not failed, output

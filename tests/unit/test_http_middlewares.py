@@ -12,12 +12,13 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from textgen.api.middleware.auth import APIKeyMiddleware, KeyRing, presented_key
+from textgen.api.keys import KeyRing
+from textgen.api.middleware.auth import APIKeyMiddleware, presented_key
 from textgen.api.middleware.body_guard import RequestBodyGuard
 from textgen.api.middleware.error_envelope import ErrorEnvelopeMiddleware, normalise
 from textgen.config import Settings
 
-KEY = "k-123456"
+KEY = "k-123456-abcdefghij"
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -82,12 +83,19 @@ def test_open_paths_need_no_key_and_prefix_entries_work():
 
 
 def test_auth_open_paths_adds_to_the_default_open_paths():
-    assert_error(make_client(Settings(api_key=KEY, _env_file=None)).get("/docs"), 401, "unauthorized")
-    client = make_client(Settings(api_key=KEY, auth_open_paths="/docs", _env_file=None))
+    assert_error(make_client(Settings(api_key=KEY, docs_open=False, _env_file=None)).get("/docs"), 401, "unauthorized")
+    client = make_client(Settings(api_key=KEY, auth_open_paths="/docs", docs_open=False, _env_file=None))
     assert client.get("/docs").status_code == 200
     assert client.get("/health").status_code == 200  # still open: AUTH_OPEN_PATHS no longer replaces
     assert client.get("/metrics").status_code == 200
     assert_error(client.get("/crash"), 401, "unauthorized")
+
+
+def test_the_docs_are_open_by_default_and_docs_open_false_closes_them():
+    for path in ("/docs", "/docs.json", "/schema.json", "/", "/static_content/x.js"):
+        assert make_client(Settings(api_key=KEY, _env_file=None)).get(path).status_code != 401, path
+        closed = make_client(Settings(api_key=KEY, docs_open=False, _env_file=None))
+        assert_error(closed.get(path), 401, "unauthorized")
 
 
 def test_a_dash_entry_puts_a_default_open_path_behind_the_key():
@@ -104,16 +112,17 @@ def test_disabled_auth_lets_everything_through():
 
 def test_keys_file_rotation_without_restart(tmp_path: Path):
     keys_file = tmp_path / "keys"
-    keys_file.write_text("# comment\nold-key\n")
+    old, new = "old-key-0123456789", "new-key-0123456789"
+    keys_file.write_text(f"# comment\n{old}\n")
     ring = KeyRing([], keys_file)
-    assert ring.accepts("old-key") and not ring.accepts("new-key")
-    keys_file.write_text("new-key\n")
+    assert ring.accepts(old) and not ring.accepts(new)
+    keys_file.write_text(f"{new}\n")
     import os
 
     os.utime(keys_file, ns=(1, 1))  # a different mtime even within one clock tick
-    assert ring.accepts("new-key") and not ring.accepts("old-key")
+    assert ring.accepts(new) and not ring.accepts(old)
     keys_file.unlink()
-    assert not ring.accepts("new-key")
+    assert not ring.accepts(new)
 
 
 def test_presented_key_parsing():

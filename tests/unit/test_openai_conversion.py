@@ -14,6 +14,7 @@ from textgen.api.errors import ApiError
 from textgen.api.openai.formats import FINISH_REASONS, ChatFormat, ChoicePart, CompletionFormat
 from textgen.api.openai.handlers import OpenAIHandlers
 from textgen.api.openai.schemas import ChatCompletionRequest, CompletionRequest
+from textgen.api.quota import QuotaBook
 from textgen.api.routes import build_routes_app
 from textgen.api.schemas import Usage
 from textgen.config import Settings
@@ -290,7 +291,7 @@ def test_models_before_the_model_is_loaded_is_not_ready():
     handlers = OpenAIHandlers(runtime)
     with pytest.raises(NotReady):
         handlers.models()
-    response = TestClient(build_routes_app(runtime, handlers)).get("/v1/models")
+    response = TestClient(build_routes_app(runtime, handlers, QuotaBook(runtime.settings.limits_for))).get("/v1/models")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
     assert response.json()["error"]["type"] == "model_not_ready"

@@ -8,13 +8,14 @@ from pydantic import ValidationError
 from textgen.api.middleware.auth import AuthNotConfigured, check_auth_configured
 from textgen.api.openai.schemas import CompletionRequest
 from textgen.api.schemas import GenerateRequest
-from textgen.config import DEFAULT_OPEN_PATHS, Settings
+from textgen.config import DEFAULT_OPEN_PATHS, DOCS_PATHS, Settings
 
 
 def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("API_KEYS", "key-a, key-b,,key-c")
     monkeypatch.setenv("MAX_CONCURRENCY", "7")
     monkeypatch.setenv("AUTH_OPEN_PATHS", '["/docs", "-/metrics"]')  # the JSON list form
+    monkeypatch.setenv("DOCS_OPEN", "false")
     s = Settings(_env_file=None)
     assert s.static_keys() == ["key-a", "key-b", "key-c"]
     assert (s.max_concurrency, s.max_batch_size) == (7, 7)  # batch size follows the limit unless set
@@ -25,11 +26,13 @@ def test_settings_from_environment(monkeypatch):
 def test_defaults_are_secure_and_documented():
     s = Settings(_env_file=None)
     assert s.max_concurrency == 5
-    assert s.open_paths() == list(DEFAULT_OPEN_PATHS)
+    assert s.open_paths() == [*DEFAULT_OPEN_PATHS, *DOCS_PATHS]  # Swagger UI opens in a browser
+    assert Settings(docs_open=False, _env_file=None).open_paths() == list(DEFAULT_OPEN_PATHS)
+    assert (s.body_timeout_s, s.header_timeout_s, s.keepalive_timeout_s) == (30, 10, 5)
     with pytest.raises(AuthNotConfigured, match="API_KEY"):
         check_auth_configured(s)
     check_auth_configured(Settings(auth_disabled=True, _env_file=None))
-    check_auth_configured(Settings(api_key="x", _env_file=None))
+    check_auth_configured(Settings(api_key="x" * 16, _env_file=None))
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_defaults_are_secure_and_documented():
 )
 def test_auth_open_paths_add_to_the_defaults_and_dash_closes(monkeypatch, value, opened):
     monkeypatch.setenv("AUTH_OPEN_PATHS", value)
+    monkeypatch.setenv("DOCS_OPEN", "false")
     assert Settings(_env_file=None).open_paths() == opened
 
 

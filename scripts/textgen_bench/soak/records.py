@@ -39,6 +39,9 @@ class SoakConfig(BaseModel):
     fault_marker: str | None
     request_timeout_s: float
     health_interval_s: float
+    flood_clients: int = 0
+    flood_concurrency: int | None = None
+    stalled_sockets: int = 0
 
     @property
     def random_weights(self) -> bool:
@@ -83,6 +86,16 @@ class SlotState(BaseModel):
     last: dict[str, int] = Field(default_factory=dict)
 
 
+class StalledSummary(BaseModel):
+    """The slow and idle sockets held open during the load (see stalled.py)."""
+
+    opened: int
+    connect_failures: int
+    peak_open: int
+    answers: dict[str, int] = Field(description="By kind and answer: body:408, head:408, idle:closed.")
+    longest_open_s: float
+
+
 class SoakReport(BaseModel):
     started_at: str
     finished_at: str = ""
@@ -95,6 +108,8 @@ class SoakReport(BaseModel):
     slots: SlotState
     memory: Memory | None = None
     cpu: CpuShare | None = None
+    flood: SoakCounts | None = Field(None, description="The flooding key's requests, if one flooded.")
+    stalled: StalledSummary | None = None
     checks: list[TargetCheck] = Field(default_factory=list)
 
     @property

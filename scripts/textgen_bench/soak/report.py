@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from ..common.records import HEALTH_P99_LIMIT_MS, TargetCheck
 from ..common.text import fmt, table_row
 from .mix import FAULT_KINDS
-from .records import SlotState, SoakReport
+from .records import SlotState, SoakReport, StalledSummary
 from .verdicts import FAULT_ERROR_TYPE
 
 # A minute of load should not grow the server much: 10 % of its resident size (~115 MiB for DistilGPT-2's
@@ -56,7 +56,36 @@ def check_soak(report: SoakReport) -> list[TargetCheck]:
             "no server pid" if mem is None else f"{mem.growth_mib:+.1f} MiB ({mem.growth_pct:+.1f} %)",
         ),
     ]
+    if (flood := report.flood) is not None:
+        checks.append(
+            _check(
+                "the flooding key: every request answered (200, or a clean 429/503 with Retry-After)",
+                flood.lost == 0 and flood.errors == 0 and flood.rejected.get(429, 0) > 0,
+                f"{flood.succeeded:,} ok, rejected {flood.rejected}, {flood.errors} errors, {flood.lost} lost",
+            )
+        )
+    if (stalled := report.stalled) is not None:
+        checks.append(
+            _check(
+                f"{cfg.stalled_sockets} stalled sockets held, closed only with 408 (or, idle ones, silently)",
+                stalled.peak_open >= cfg.stalled_sockets
+                and stalled.connect_failures == 0
+                and set(stalled.answers) <= STALLED_ANSWERS,
+                describe_stalled(stalled),
+            )
+        )
     return checks
+
+
+STALLED_ANSWERS = {"body:408", "head:408", "idle:closed"}
+
+
+def describe_stalled(stalled: StalledSummary) -> str:
+    answers = ", ".join(f"{what} {n:,}" for what, n in stalled.answers.items()) or "none closed"
+    return (
+        f"{stalled.opened:,} opened, peak {stalled.peak_open} at once, {stalled.connect_failures} failed to connect; "
+        f"{answers}; the longest stalled {stalled.longest_open_s:.1f} s"
+    )
 
 
 def _breakdown(counts: Mapping[str, int]) -> str:
@@ -107,6 +136,18 @@ def format_soak(report: SoakReport) -> str:
         ("RSS growth", "-" if mem is None else f"{mem.growth_mib:+.1f} MiB ({mem.growth_pct:+.1f} %)"),
         ("other processes' CPU", fmt(report.cpu.others_cores if report.cpu else None, ".2f", " cores")),
     ]
+    if (flood := report.flood) is not None:
+        limit = f", limited to {cfg.flood_concurrency} in flight" if cfg.flood_concurrency else ""
+        rows.append(
+            (
+                f"flooding key ({cfg.flood_clients} clients{limit})",
+                f"{flood.sent:,} sent: {flood.succeeded:,} ok, rejected "
+                + (", ".join(f"{code}: {n:,}" for code, n in flood.rejected.items()) or "0")
+                + f", **{flood.errors} errors, {flood.lost} lost**",
+            )
+        )
+    if report.stalled is not None:
+        rows.append((f"stalled sockets ({cfg.stalled_sockets} at once)", describe_stalled(report.stalled)))
     lines = [title, "", "| | |", "|---|---|", *(table_row(row) for row in rows)]
     if c.error_details:
         lines += ["", "Errors and lost requests:", *(f"- {n} x {what}" for what, n in c.error_details.items())]

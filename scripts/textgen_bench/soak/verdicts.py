@@ -2,8 +2,8 @@
 
 Outcomes, per request the client sent:
   ok            200 with a whole response of the requested length (`ignore_eos`), or a stream ending in `done`
-  rejected      429 `overloaded` / 503 `queue_timeout`|`model_not_ready`|`shutting_down`, structured body
-                and `Retry-After`
+  rejected      429 `overloaded` or `rate_limited` (a key's own limit) / 503
+                `queue_timeout`|`model_not_ready`|`shutting_down`, structured body and `Retry-After`
   disconnected  the client left on purpose: closed a stream after its first token, or gave up on /generate
   fault_failed  a fault-injected request failed as designed: 500 (or an in-stream error) `generation_failed`
   error         a complete answer that is wrong: another status, an unstructured error body, a success of
@@ -22,7 +22,7 @@ from .mix import FAULT_KINDS, STREAM_KINDS, Kind
 Outcome = Literal["ok", "rejected", "disconnected", "fault_failed", "error", "lost"]
 BAD: frozenset[Outcome] = frozenset({"error", "lost"})
 REJECTIONS: dict[int, frozenset[str]] = {
-    429: frozenset({"overloaded"}),
+    429: frozenset({"overloaded", "rate_limited"}),
     503: frozenset({"queue_timeout", "model_not_ready", "shutting_down"}),
 }
 FAULT_ERROR_TYPE = "generation_failed"

@@ -40,9 +40,13 @@ FORBIDDEN = ErrorKind("forbidden", 403)
 NOT_FOUND = ErrorKind("not_found", 404)
 MODEL_NOT_FOUND = ErrorKind("model_not_found", 404)
 METHOD_NOT_ALLOWED = ErrorKind("method_not_allowed", 405)
+# The connection closes after it: the rest of the body may still arrive, and would be read as a new request.
+REQUEST_TIMEOUT = ErrorKind("request_timeout", 408, {"Connection": "close"})
 PAYLOAD_TOO_LARGE = ErrorKind("payload_too_large", 413)
 UNSUPPORTED_MEDIA_TYPE = ErrorKind("unsupported_media_type", 415)
+HEADERS_TOO_LARGE = ErrorKind("headers_too_large", 431, {"Connection": "close"})  # answered by the HTTP protocol
 OVERLOADED = ErrorKind("overloaded", 429)
+RATE_LIMITED = ErrorKind("rate_limited", 429)  # a key's own limit (KEY_LIMITS); Retry-After and x-ratelimit-*
 CLIENT_DISCONNECTED = ErrorKind("client_disconnected", 499)  # only the access log sees it (nginx's 499)
 INTERNAL_ERROR = ErrorKind("internal_error", 500)
 GENERATION_FAILED = ErrorKind("generation_failed", 500)
@@ -61,6 +65,7 @@ FOR_STATUS = {
         FORBIDDEN,
         NOT_FOUND,
         METHOD_NOT_ALLOWED,
+        REQUEST_TIMEOUT,
         PAYLOAD_TOO_LARGE,
         UNSUPPORTED_MEDIA_TYPE,
         OVERLOADED,

@@ -206,3 +206,18 @@ class HealthResponse(BaseModel):
     model: str
     uptime_s: float
     generations: GenerationLoad
+
+
+class KeyUsage(BaseModel):
+    requests: int = 0  # admitted
+    rate_limited: int = 0  # refused with 429 rate_limited
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class UsageReport(BaseModel):
+    """GET /v1/usage: what each key used since the server started, by key name (never the key)."""
+
+    since: str  # ISO 8601, UTC
+    keys: dict[str, KeyUsage]

@@ -38,6 +38,7 @@ from .faults import FaultInjector
 from .metrics import GenerationMetrics
 from .model_store import LoadedModel
 from .outputs import Admitted, GenerationOutput, PromptScored, StreamEvent, TextDelta, Timings
+from .usage import report_usage
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class AsyncEngine:
             hold_back = max((len(s) for s in job.params.stop), default=1) - 1
             detokenizers.append(IncrementalDetokenizer(self.tokenizer, hold_back=hold_back))
         unfinished = set(range(len(jobs)))
+        streamed = [0] * len(jobs)  # tokens each row has sent, charged if the client goes away
         unscored = {i for i, job in enumerate(jobs) if text_deltas and job.params.prompt_logprobs is not None}
         async with self._admission(len(rows)):
             try:
@@ -200,6 +202,7 @@ class AsyncEngine:
                         yield PromptScored(index, jobs[index].prompt_ids, scores)
                     if isinstance(event, tuple):
                         token, logprob = event
+                        streamed[index] += 1
                         piece = pieces.add(token)
                         if piece or logprob is not None:  # with logprobs, every token is an event of its own
                             yield TextDelta(piece, index, () if logprob is None else (logprob,))
@@ -215,10 +218,12 @@ class AsyncEngine:
                             yield TextDelta(rest, index, unsent)
                     output = self._output(jobs[index], index, event, arrived)
                     self.metrics.observe_output(output, rows[index].adapter)
+                    report_usage(output.prompt_tokens, output.completion_tokens)
                     yield output
             finally:
                 for index in unfinished:  # cancelled, or the client went away: free the rows at the next step
                     self.engine.cancel(jobs[index])
+                    report_usage(len(jobs[index].prompt_ids), streamed[index])  # what a stream received is charged
 
     async def compile_grammar(self, constraint: OutputConstraint) -> CompiledGrammar:
         """Compiled off the event loop and the engine thread (raises ConstraintError); cached per constraint."""

@@ -12,6 +12,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from textgen.api.errors import ApiError, error_body, kind_for_status
+from textgen.api.middleware.rewrite import rewriting_send
 
 INTERNAL_MESSAGE = "internal server error; see the server log with this request_id"
 
@@ -56,26 +57,11 @@ class ErrorEnvelopeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start: Message | None = None
-        chunks: list[bytes] = []
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                start = message
-                return
-            if start is None:
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            body = json.dumps(normalise(start["status"], b"".join(chunks))).encode()
-            headers = [
-                (k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")
-            ]
-            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({**start, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+        def is_error(start: Message) -> bool:
+            return start["status"] >= 400
 
-        await self.app(scope, receive, send_wrapper)
+        def enveloped(start: Message, body: bytes) -> bytes:
+            return json.dumps(normalise(start["status"], body)).encode()
+
+        await self.app(scope, receive, rewriting_send(send, is_error, enveloped, b"application/json"))
