@@ -16,6 +16,7 @@ import bentoml
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from textgen import bentoml_compat
+from textgen.api.adapters import AdapterHandlers, LoraAdapterRequest, LoraAdapterResponse
 from textgen.api.endpoints import answer, answer_stream
 from textgen.api.generate import GenerateHandlers
 from textgen.api.http_protocol import guarded_protocol
@@ -52,6 +53,7 @@ if bentoml_compat.is_serve_command():
 runtime = ModelRuntime(settings)  # this worker's model; nothing is loaded until the service starts
 generate_api = GenerateHandlers(runtime)
 openai_api = OpenAIHandlers(runtime)
+adapter_api = AdapterHandlers(runtime)
 quota_book = QuotaBook(settings.limits_for)  # per-key limits and usage, by key name
 
 
@@ -98,6 +100,18 @@ class TextGeneration:
     async def generate_batch(self, ctx: bentoml.Context, **params: Any) -> GenerateBatchResponse:
         """Several prompts with the same parameters, side by side in the batch: one result per prompt."""
         return await answer(ctx, lambda: generate_api.generate_batch(GenerateBatchRequest.model_validate(params)))
+
+    @bentoml.api(route="/v1/load_lora_adapter", input_spec=LoraAdapterRequest)
+    async def load_lora_adapter(self, ctx: bentoml.Context, **params: Any) -> LoraAdapterResponse:
+        """Admin keys only: load a LoRA adapter from the model store by its tag; requests then choose it by name."""
+        request = LoraAdapterRequest.model_validate(params)
+        return await answer(ctx, lambda: adapter_api.load(request, ctx.request.scope))
+
+    @bentoml.api(route="/v1/unload_lora_adapter", input_spec=LoraAdapterRequest)
+    async def unload_lora_adapter(self, ctx: bentoml.Context, **params: Any) -> LoraAdapterResponse:
+        """Admin keys only: unload an adapter once the requests using it have finished (new ones get 404)."""
+        request = LoraAdapterRequest.model_validate(params)
+        return await answer(ctx, lambda: adapter_api.unload(request, ctx.request.scope))
 
     @bentoml.api(route="/v1/completions", input_spec=CompletionRequest)
     async def v1_completions(self, ctx: bentoml.Context, **params: Any) -> Completion:

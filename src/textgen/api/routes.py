@@ -31,7 +31,7 @@ from .schemas import HealthResponse, UsageReport
 DOCUMENTED_ROUTES = [
     GetRoute("/health", "Liveness and load: answered at once however busy the model is", HealthResponse),
     GetRoute("/model-info", "The served model: tag, provenance, architecture, context, dtype, device", ModelInfo),
-    GetRoute("/v1/models", "OpenAI model list: the served model", ModelList),
+    GetRoute("/v1/models", "OpenAI model list: the served model and its LoRA adapters", ModelList),
     GetRoute("/v1/usage", "Requests and tokens per key name since the start (admin keys only)", UsageReport, True),
 ]
 
