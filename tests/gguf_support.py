@@ -22,7 +22,8 @@ def write_gpt2_gguf(
     quantization: str = "Q8_0",
     chat_template: str | None = None,
 ) -> GPT2LMHeadModel:
-    """Write `model` and its byte-level BPE tokenizer as a GGUF file, weight matrices quantized.
+    """Write `model` and its byte-level BPE tokenizer (cut to the model's vocabulary) as a GGUF file, weight
+    matrices quantized.
 
     Returns the reference: a copy of `model` whose weights went through the same quantization and back (with
     gguf's own numpy code, not transformers'), i.e. what a correct reader of the file must compute.
@@ -39,7 +40,7 @@ def write_gpt2_gguf(
     writer.add_head_count(config.n_head)
     writer.add_layer_norm_eps(config.layer_norm_epsilon)
     writer.add_file_type(gguf.LlamaFileType[f"MOSTLY_{quantization}"])
-    add_bpe_tokenizer(writer, tokenizer, chat_template)
+    add_bpe_tokenizer(writer, tokenizer, config.vocab_size, chat_template)
 
     reference = copy.deepcopy(model)
     reference_state = reference.state_dict()
@@ -68,17 +69,30 @@ def write_gpt2_gguf(
     return reference.eval()
 
 
-def add_bpe_tokenizer(writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, chat_template: str | None) -> None:
-    """The tokenizer as llama.cpp's converter records a byte-level BPE one: tokens by id, merges, special ids."""
+def add_bpe_tokenizer(
+    writer: gguf.GGUFWriter, tokenizer: PreTrainedTokenizerBase, size: int, chat_template: str | None
+) -> None:
+    """The tokenizer as llama.cpp's converter records a byte-level BPE one: tokens by id, merges, special ids.
+
+    With `size` below the tokenizer's vocabulary, only its first `size - 1` tokens and its end-of-text token (as the
+    last id) are written: GPT-2's merge k makes token 256 + k, so the first `size - 257` merges go with them, and the
+    smaller tokenizer splits text as the full one does wherever the full one's ids stay below `size - 1`. Parsing a
+    50k-token vocabulary takes transformers seconds each time it opens the file.
+    """
     vocab = tokenizer.get_vocab()
     tokens = sorted(vocab, key=vocab.__getitem__)
-    special = set(tokenizer.all_special_tokens)
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    eos = tokenizer.eos_token
+    if size < len(tokens):
+        tokens = [*tokens[: size - 1], eos]
+        merges = merges[: size - 1 - 256]
+    special = set(tokenizer.all_special_tokens)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index(eos))  # GPT-2's BOS is its end-of-text token
+    writer.add_eos_token_id(tokens.index(eos))
     if chat_template is not None:
         writer.add_chat_template(chat_template)

@@ -40,6 +40,9 @@ def make_lora_adapter(
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.5)
-    peft_model.peft_config["default"].base_model_name_or_path = base_name or base_model.name_or_path
+    base_name = base_name or base_model.name_or_path
+    if not base_name:  # a model built from a config has no name: the adapter must still say what it is for
+        raise ValueError("the base model has no name_or_path: pass base_name")
+    peft_model.peft_config["default"].base_model_name_or_path = base_name
     peft_model.save_pretrained(folder, save_embedding_layers=False)  # "auto" looks the base up on the hub
     return folder

@@ -124,16 +124,24 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def import_model(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """scripts/import_model.py ARGS into the store of BentoML home `home`."""
+def import_model(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """scripts/import_model.py ARGS into the store of BentoML home `home` (`env`: more variables)."""
     return subprocess.run(
         [sys.executable, "scripts/import_model.py", *args],
         cwd=REPO,
-        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
-        check=True,
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})},
+        check=check,
         capture_output=True,
         text=True,
     )
+
+
+def stored_version(home: Path, name: str) -> Path:
+    """The folder of the one version of `name` in the store of BentoML home `home`."""
+    [version] = [p for p in (home / "models" / name).iterdir() if p.is_dir()]
+    return version
 
 
 @pytest.fixture(scope="session")
