@@ -5,11 +5,17 @@ by alias, `bentoml serve` serves it, /model-info shows where it came from and gr
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import requests
 import torch
+import yaml
 
-from tests.integration.conftest import API_KEY, import_model, serving, stored_version
+from tests.integration.conftest import API_KEY, free_port, import_model, serving, stop, stored_version
 from tests.mlflow_support import log_and_register
 from textgen_import import mlflow_source
 from textgen_import.common import ImportRefused
@@ -62,3 +68,53 @@ def test_a_registered_mlflow_model_is_imported_served_and_shows_its_provenance(t
         assert torch.equal(by_run.model.state_dict()[name], weight), name
     with pytest.raises(ImportRefused, match="Tiny-MLflow@nobody"):
         mlflow_source.load("models:/Tiny-MLflow@nobody")
+
+
+@pytest.mark.slow
+def test_credentials_in_the_tracking_uri_reach_no_label_and_no_output(tiny_model, tmp_path):
+    """Against a real `mlflow server` (its SQLite store and artifacts in tmp_path), reached with user:password@."""
+    model, tokenizer = tiny_model
+    port = free_port()
+    log = (tmp_path / "mlflow.log").open("w")
+    store = ["--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "a")]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), *store],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", server)
+        secret_uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
+        registered = log_and_register(secret_uri, tmp_path / "artifacts", model, tokenizer, "tiny-secret", "prod")
+        home = tmp_path / "home"
+        env = {"MLFLOW_TRACKING_URI": secret_uri}
+        done = import_model(home, "--mlflow", "models:/tiny-secret@prod", env=env)
+        refused = import_model(home, "--mlflow", "models:/tiny-secret@nobody", "--name", "x", check=False, env=env)
+    finally:
+        stop(server)
+
+    assert SECRET not in done.stdout + done.stderr
+    model_yaml = (stored_version(home, "tiny-secret") / "model.yaml").read_text()
+    assert SECRET not in model_yaml and "alice" not in model_yaml
+    labels = yaml.safe_load(model_yaml)["labels"]
+    assert labels["mlflow_tracking_uri"] == f"http://127.0.0.1:{port}"
+    assert labels["mlflow_run_id"] == registered.run_id
+    assert refused.returncode == 2 and "tiny-secret@nobody" in refused.stderr
+    assert SECRET not in refused.stdout + refused.stderr
+
+
+SECRET = "s3cret-pa55"
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"mlflow server exited with {process.returncode}"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not up after {timeout} s")
