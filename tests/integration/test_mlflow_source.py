@@ -77,6 +77,7 @@ def test_credentials_in_the_tracking_uri_reach_no_label_and_no_output(tiny_model
     port = free_port()
     log = (tmp_path / "mlflow.log").open("w")
     store = ["--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--artifacts-destination", str(tmp_path / "a")]
+    store += ["--workers", "1"]  # two cores
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port), *store],
         stdout=log,
