@@ -24,8 +24,12 @@ PROMPT = "Once upon a time there was"  # GPT-2 token ids under 8192: the small G
 SMALL_VOCAB = 8193
 
 
-def store_info(version: Path) -> dict:
-    return yaml.safe_load((version / "model.yaml").read_text())
+def imported(tmp_path: Path, name: str, *args: str) -> tuple[str, Path, dict]:
+    """scripts/import_model.py ARGS into a new store: its output, the folder of model `name` and its model.yaml."""
+    home = tmp_path / "home"
+    done = import_model(home, *args)
+    version = stored_version(home, name)
+    return done.stdout, version, yaml.safe_load((version / "model.yaml").read_text())
 
 
 def greedy(model: PreTrainedModel, ids: torch.Tensor) -> list[int]:
@@ -41,13 +45,10 @@ def test_a_gguf_file_is_dequantized_into_the_store_with_its_quantization_and_tem
     tokenizer = load_tokenizer()
     gguf = tmp_path / "Tiny-GPT2.Q8_0.gguf"
     reference = write_gpt2_gguf(model, tokenizer, gguf, "Q8_0", chat_template=CHAT_TEMPLATE)
-    home = tmp_path / "home"
 
-    done = import_model(home, "--source", str(gguf))
+    stdout, version, info = imported(tmp_path, "tiny-gpt2.q8_0", "--source", str(gguf))
 
-    assert "stored tiny-gpt2.q8_0:" in done.stdout and "GPT2LMHeadModel" in done.stdout
-    version = stored_version(home, "tiny-gpt2.q8_0")
-    info = store_info(version)
+    assert "stored tiny-gpt2.q8_0:" in stdout and "GPT2LMHeadModel" in stdout
     assert info["labels"] == {
         "weights": "pretrained",
         "source_kind": "gguf",
@@ -93,13 +94,10 @@ def test_a_lora_adapter_is_stored_as_it_is_with_the_labels_of_its_base(tiny_mode
     adapter = make_lora_adapter(
         model, tmp_path / "My_Adapter", seed=3, r=4, target_modules=("c_proj", "c_attn"), base_name="tiny-gpt2"
     )
-    home = tmp_path / "home"
 
-    done = import_model(home, "--source", str(adapter), "--name", "tiny-lora")
+    stdout, version, info = imported(tmp_path, "tiny-lora", "--source", str(adapter), "--name", "tiny-lora")
 
-    assert "stored tiny-lora:" in done.stdout and "LoRA adapter for tiny-gpt2, rank 4" in done.stdout
-    version = stored_version(home, "tiny-lora")
-    info = store_info(version)
+    assert "stored tiny-lora:" in stdout and "LoRA adapter for tiny-gpt2, rank 4" in stdout
     assert info["labels"] == {
         "kind": "lora-adapter",
         "base_model": "tiny-gpt2",
