@@ -16,10 +16,6 @@ IGNORE_PATTERNS = [
 ]
 
 
-class HubUnreachable(ImportRefused):
-    pass
-
-
 def download(hub_id: str, revision: str) -> tuple[Path, str]:
     """Fetch the repository (with progress bars); returns its folder and resolved commit."""
     from huggingface_hub import model_info, snapshot_download
@@ -29,7 +25,7 @@ def download(hub_id: str, revision: str) -> tuple[Path, str]:
         folder = snapshot_download(hub_id, revision=revision, ignore_patterns=IGNORE_PATTERNS)
     except (LocalEntryNotFoundError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HubUnreachable(
+        raise ImportRefused(
             f"cannot download {hub_id} from the Hugging Face hub ({reason}). Offline, import a local folder with "
             "--source DIR, a GGUF file with --source FILE.gguf, or DistilGPT-2's architecture with random weights "
             "with --source DIR --random-weights (stored as distilgpt2-random)"
