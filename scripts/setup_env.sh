@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the pinned dependencies of a profile; does nothing when they are already installed.
 #   source scripts/setup_env.sh serve   # what serving needs: requirements.txt (serve.sh)
-#   source scripts/setup_env.sh dev     # that plus the test tools: requirements-dev.txt (test.sh; the default)
+#   source scripts/setup_env.sh dev     # that plus the test tools and the optional import sources:
+#                                       # requirements-dev.txt, which includes requirements-import.txt (test.sh; the default)
 # A venv set up for dev serves as it is; one set up for serve gets the dev set when tests run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +14,8 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 # contents, so that venvs set up before profiles existed are not installed again.
 setup_profile="${1:-dev}"
 dev_stamp="$VENV/.requirements.sha256"
-dev_hash="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+dev_hash="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" "$ROOT/requirements-import.txt" \
+  | sha256sum | cut -d' ' -f1)"
 serve_stamp="$VENV/.requirements-serve.sha256"
 serve_hash="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 case "$setup_profile" in

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,16 +128,36 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def import_model(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """scripts/import_model.py ARGS into the store of BentoML home `home`."""
+@contextmanager
+def serving(home: Path, tag: str, workdir: Path, **env: str) -> Iterator[str]:
+    """`bentoml serve` of store model `tag` from BentoML home `home`, ready; yields its URL and stops it after."""
+    log = workdir / "serve.log"
+    process, url = start_server(home, log, {"MODEL_TAG": tag, "API_KEY": API_KEY, **env})
+    try:
+        wait_ready(process, url, log)
+        yield url
+    finally:
+        stop(process)
+
+
+def import_model(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """scripts/import_model.py ARGS into the store of BentoML home `home` (`env`: more variables)."""
     return subprocess.run(
         [sys.executable, "scripts/import_model.py", *args],
         cwd=REPO,
-        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"},
-        check=True,
+        env={**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **(env or {})},
+        check=check,
         capture_output=True,
         text=True,
     )
+
+
+def stored_version(home: Path, name: str) -> Path:
+    """The folder of the one version of `name` in the store of BentoML home `home`."""
+    [version] = [p for p in (home / "models" / name).iterdir() if p.is_dir()]
+    return version
 
 
 @pytest.fixture(scope="session")
@@ -193,13 +214,8 @@ def chat_server(tiny_model_dir, tmp_path_factory) -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    log = tmp_path_factory.mktemp("chat-server") / "serve.log"
-    process, url = start_server(home, log, {"MODEL_TAG": "tiny-chat:latest", "API_KEY": API_KEY})
-    try:
-        wait_ready(process, url, log)
+    with serving(home, "tiny-chat:latest", tmp_path_factory.mktemp("chat-server")) as url:
         yield url
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

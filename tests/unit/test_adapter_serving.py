@@ -32,7 +32,8 @@ def store(tmp_path_factory):
     """Adapter folders as the store would hold them, by tag."""
     model, _ = build_tiny_model()
     folder = tmp_path_factory.mktemp("store")
-    made = {name: make_lora_adapter(model, folder / name, seed) for name, seed in (("alpha", 1), ("beta", 2))}
+    seeds = {"alpha": 1, "beta": 2}
+    made = {name: make_lora_adapter(model, folder / name, seed, base_name="tiny-gpt2") for name, seed in seeds.items()}
     labels = {"kind": "lora-adapter", "base_model": "tiny-gpt2"}
 
     def entry(tag: str, path, labels: dict) -> SimpleNamespace:

@@ -28,7 +28,10 @@ def adapters(tiny_model, tmp_path_factory):
     model, _ = tiny_model
     folder = tmp_path_factory.mktemp("adapters")
     specs = {"alpha": (1, ("c_attn",)), "beta": (2, ("c_attn", "c_fc", "mlp.c_proj"))}
-    return {name: make_lora_adapter(model, folder / name, seed, target_modules=t) for name, (seed, t) in specs.items()}
+    return {
+        name: make_lora_adapter(model, folder / name, seed, target_modules=modules, base_name="tiny-gpt2")
+        for name, (seed, modules) in specs.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,6 @@ def test_an_adapter_for_another_architecture_is_refused_naming_the_layer(tiny_mo
 
     model, _ = tiny_model
     wider = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=50257)).eval()
-    folder = make_lora_adapter(wider, tmp_path / "wide", 1, target_modules=("c_attn",))
+    folder = make_lora_adapter(wider, tmp_path / "wide", 1, target_modules=("c_attn",), base_name="wide")
     with pytest.raises(LoraError, match=r"transformer\.h\.0\.attn\.c_attn has factors"):
         read_lora(folder, "wide", model)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 
-DEFINING_FILES = ("requirements.txt", "requirements-dev.txt", "pyproject.toml")
+DEFINING_FILES = ("requirements.txt", "requirements-dev.txt", "pyproject.toml", "requirements-import.txt")
 FAKE_PYTHON = '#!/bin/sh\necho "$*" >> "$(dirname "$0")/../../pip.log"\n'
 
 
