@@ -50,7 +50,11 @@ def resolve_model_ref(tag: str) -> bentoml.models.BentoModel:
 
     `BentoModel` alone would look for a missing tag in BentoCloud and fail with an unrelated message.
     """
-    return bentoml.models.BentoModel(str(find_model(tag).tag))
+    stored = find_model(tag)
+    if stored.info.labels.get("kind") == "lora-adapter":
+        base = stored.info.labels.get("base_model", "its base model")
+        raise ModelNotInStore(f"'{tag}' is a LoRA adapter: serve {base} and set LORA_ADAPTERS={stored.tag.name}")
+    return bentoml.models.BentoModel(str(stored.tag))
 
 
 def parameter_count(model: torch.nn.Module) -> int:
