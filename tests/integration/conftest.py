@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -168,12 +169,23 @@ def store_home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     return home
 
 
+@contextlib.contextmanager
+def served(store_home: Path, workdir: Path, env: dict[str, str]) -> Iterator[Server]:
+    """A `bentoml serve` with settings `env`, ready, logging to `workdir`/serve.log; stopped afterwards."""
+    log = workdir / "serve.log"
+    process, url = start_server(store_home, log, env)
+    try:
+        wait_ready(process, url, log)
+        yield Server(url, process, log, workdir / "keys.txt")
+    finally:
+        stop(process)
+
+
 @pytest.fixture(scope="session")
 def server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     workdir = tmp_path_factory.mktemp("server")
     keys_file = workdir / "keys.txt"
     keys_file.write_text(FILE_KEY + "\n")
-    log = workdir / "serve.log"
     env = {
         "MODEL_TAG": f"{MODEL_NAME}:latest",
         "API_KEY": API_KEY,
@@ -184,12 +196,8 @@ def server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "MAX_BODY_BYTES": "65536",
         "FAULT_INJECTION_MARKER": FAULT_MARKER,
     }
-    process, url = start_server(store_home, log, env)
-    try:
-        wait_ready(process, url, log)
-        yield Server(url, process, log, keys_file)
-    finally:
-        stop(process)
+    with served(store_home, workdir, env) as running:
+        yield running
 
 
 CHAT_TEMPLATE = (
@@ -258,7 +266,6 @@ def keyed_server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     workdir = tmp_path_factory.mktemp("keyed-server")
     keys_file = workdir / "keys.txt"
     keys_file.write_text(keys_file_text(NAMED_KEYS))
-    log = workdir / "serve.log"
     env = {
         "MODEL_TAG": f"{MODEL_NAME}:latest",
         "API_KEYS_FILE": str(keys_file),
@@ -272,9 +279,5 @@ def keyed_server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "KEEPALIVE_TIMEOUT_S": str(SHORT_TIMEOUT_S),
         "MAX_HEADER_BYTES": "8192",
     }
-    process, url = start_server(store_home, log, env)
-    try:
-        wait_ready(process, url, log)
-        yield Server(url, process, log, keys_file)
-    finally:
-        stop(process)
+    with served(store_home, workdir, env) as running:
+        yield running

@@ -8,11 +8,14 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
-from tests.integration.conftest import NAMED_KEYS, SHORT_TIMEOUT_S, Server
+from tests.integration.conftest import API_KEY, MODEL_NAME, NAMED_KEYS, SHORT_TIMEOUT_S, Server, served
 from textgen_bench.common.records import Distribution
 from textgen_bench.soak.monitor import HealthProbe
 from textgen_bench.soak.stalled import StalledSockets, answer_of, stalled_bytes
@@ -97,19 +100,30 @@ def test_an_over_long_head_is_refused_with_a_4xx(keyed_server: Server):
     assert keyed_server.get("/health", key=None).status_code == 200  # and the server is fine
 
 
-def test_300_stalled_sockets_cost_the_other_clients_nothing(keyed_server: Server):
-    host, port = address(keyed_server)
-    sockets = StalledSockets(host, port, count=300, api_key=KEY)
+@pytest.fixture(scope="module")
+def default_bounds_server(store_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with the default client bounds (5 s idle, 10 s head, 30 s body), as an attacker would meet it."""
+    env = {"MODEL_TAG": f"{MODEL_NAME}:latest", "API_KEY": API_KEY, "QUEUE_TIMEOUT_S": "600"}
+    with served(store_home, tmp_path_factory.mktemp("default-bounds"), env) as running:
+        yield running
+
+
+def test_300_stalled_sockets_cost_the_other_clients_nothing(default_bounds_server: Server):
+    """300 sockets stalled (idle, half a head, half a body; replaced when closed) while three clients generate
+    for 10 s: every generation succeeds and /health p99, from a process of its own, stays under 50 ms."""
+    server = default_bounds_server
+    host, port = address(server)
+    sockets = StalledSockets(host, port, count=300, api_key=API_KEY)
     results: list[tuple[int, str]] = []
 
     def generate() -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             body = {"prompt": "Once upon a time", "max_new_tokens": 16, "ignore_eos": True}
-            response = keyed_server.post("/generate", key=KEY, json=body)
+            response = server.post("/generate", key=API_KEY, json=body)
             results.append((response.status_code, response.json().get("finish_reason", response.text)))
 
-    probe = HealthProbe(keyed_server.url, interval_s=0.05)
+    probe = HealthProbe(server.url, interval_s=0.05)
     with sockets.running() as stats:
         sockets.wait_open()
         with probe.running():
@@ -124,8 +138,9 @@ def test_300_stalled_sockets_cost_the_other_clients_nothing(keyed_server: Server
     assert results and all(r == (200, "length") for r in results), results[:5]
     assert health.failures == 0 and len(health.latencies_ms) > 50
     p99 = Distribution.of(health.latencies_ms).p99
+    print(f"/health p99 {p99:.1f} ms over {len(health.latencies_ms)} probes; {len(results)} generations; {stats}")
     assert p99 < 50, f"/health p99 {p99:.1f} ms with 300 stalled sockets"
-    # The server closed them within its bounds, the stalled ones with a 408; none was answered otherwise.
-    assert stats.answers["body:408"] > 0 and stats.answers["head:408"] > 0 and stats.answers["idle:closed"] > 0
+    # The server closed them within its bounds (idle ones after 5 s, heads after 10 s), the stalled ones with a
+    # 408; none was answered otherwise. (Bodies stall for 30 s: their 408 is tested above with short bounds.)
+    assert stats.answers["idle:closed"] > 0, stats.answers
     assert set(stats.answers) <= {"body:408", "head:408", "idle:closed"}, stats.answers
-    assert stats.longest_open_s < SHORT_TIMEOUT_S + 3

@@ -79,6 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--flood-concurrency", type=int, default=2, help="that key's concurrency limit (default: %(default)s)"
     )
     p.add_argument("--flood-api-key", help="with --url: the flooding key (its limits are the server's)")
+    p.add_argument(
+        "--flood-pause",
+        type=float,
+        default=0.2,
+        help="a flooding client's pause after a refusal, whatever Retry-After says (default: %(default)s s)",
+    )
     p.add_argument("--stalled-sockets", type=int, default=0, help="raw sockets kept stalled (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench-results")
@@ -151,11 +157,15 @@ async def load_phase(
 
 
 def flood_plan(plan: SoakPlan, args: argparse.Namespace, flood_key: str | None) -> SoakPlan | None:
-    """The flooding key's clients: plain /generate, back again 50 ms after a refusal whatever Retry-After says."""
+    """The flooding key's clients: plain /generate, back `--flood-pause` after a refusal whatever Retry-After says
+    (the load generator shares the machine: a faster flood measures its own CPU use more than the server's)."""
     if not (args.flood_clients and flood_key):
         return None
     mix = dict.fromkeys(plan.mix, 0.0) | {"generate": 1.0}
-    return replace(plan, api_key=flood_key, clients=args.flood_clients, mix=mix, backoff_cap_s=0.05, seed=plan.seed + 1)
+    pause = args.flood_pause
+    return replace(
+        plan, api_key=flood_key, clients=args.flood_clients, mix=mix, backoff_cap_s=pause, seed=plan.seed + 1
+    )
 
 
 def stalled_sockets(base_url: str, args: argparse.Namespace, api_key: str) -> StalledSockets | None:
@@ -197,6 +207,7 @@ def soak(args: argparse.Namespace, server: Target, argv: list[str] | None) -> So
         health_interval_s=args.health_interval,
         flood_clients=args.flood_clients,
         flood_concurrency=args.flood_concurrency if args.flood_clients and not args.url else None,
+        flood_pause_s=args.flood_pause if args.flood_clients else None,
         stalled_sockets=args.stalled_sockets,
     )
     plan = SoakPlan(

@@ -41,6 +41,7 @@ class SoakConfig(BaseModel):
     health_interval_s: float
     flood_clients: int = 0
     flood_concurrency: int | None = None
+    flood_pause_s: float | None = None
     stalled_sockets: int = 0
 
     @property

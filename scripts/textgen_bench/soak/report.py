@@ -138,6 +138,7 @@ def format_soak(report: SoakReport) -> str:
     ]
     if (flood := report.flood) is not None:
         limit = f", limited to {cfg.flood_concurrency} in flight" if cfg.flood_concurrency else ""
+        limit += f", back {cfg.flood_pause_s:g} s after a 429" if cfg.flood_pause_s else ""
         rows.append(
             (
                 f"flooding key ({cfg.flood_clients} clients{limit})",
