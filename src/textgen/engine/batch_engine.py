@@ -140,12 +140,15 @@ class BatchEngine:
                         self._cond.wait()
                     if self._stopping:
                         break
-                    commands, self._commands = list(self._commands), deque()
-                for command, done in commands:
-                    _run_command(command, done)
-                with self._cond:
-                    self._gather_arrivals()
-                    joiners = self._take_joiners()
+                    commands = list(self._commands)
+                    self._commands.clear()
+                    if not commands:
+                        self._gather_arrivals()
+                        joiners = self._take_joiners()
+                if commands:  # run outside the lock, between steps; the next turn of the loop steps
+                    for command, done in commands:
+                        _run_command(command, done)
+                    continue
                 self._step(joiners)
         self._fail(self._active + list(self._pending), EngineStopped("the engine shut down"))
         for _, done in self._commands:
