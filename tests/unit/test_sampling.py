@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
@@ -97,3 +98,59 @@ def test_a_seeded_row_samples_the_same_token_whether_or_not_a_filtering_row_shar
     alone = select_tokens(logits[:1].clone(), [plain], [make_generator(5)], None)
     together = select_tokens(logits.clone(), [plain, filtering], [make_generator(5), make_generator(6)], None)
     assert together[0] == alone[0]
+
+
+def frequencies(logits: torch.Tensor, params: SamplingParams, draws: int) -> torch.Tensor:
+    """How often each token is picked over `draws` calls, all rows in one batch (one generator per row)."""
+    batch = logits.expand(draws, -1).clone()
+    picked = select_tokens(batch, [params] * draws, [make_generator(seed) for seed in range(draws)], None)
+    return torch.bincount(picked, minlength=logits.shape[-1]).double() / draws
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_p=0.8),
+        SamplingParams(temperature=1.3, top_k=4, top_p=0.9),
+    ],
+)
+def test_samples_follow_the_filtered_distribution_transformers_defines(params):
+    """The batched sampler (no sort, one draw per row per round) against the sorted reference's probabilities."""
+    torch.manual_seed(4)
+    logits = torch.randn(1, 12) * 1.5
+    sorted_logits, order = (logits / params.temperature).sort(dim=-1, descending=True)
+    filtered = filter_top_k_top_p(sorted_logits, torch.tensor([params.top_k]), torch.tensor([params.top_p]))
+    expected = torch.zeros(12, dtype=torch.float64)
+    expected[order[0]] = filtered[0].softmax(-1).double()
+
+    observed = frequencies(logits, params, draws=20_000)
+    assert torch.all(observed[expected == 0] == 0)  # nothing outside the nucleus, ever
+    sigma = (expected * (1 - expected) / 20_000).sqrt()
+    assert torch.all((observed - expected).abs() <= 5 * sigma + 1e-9), (observed, expected)
+
+
+def test_a_near_zero_top_p_over_a_flat_distribution_still_picks_the_top_token():
+    """The rejection rounds run out on purpose here; the sorted fallback must still give the nucleus."""
+    logits = torch.zeros(3, 5000)
+    logits[:, 17] = 1e-3  # the single most likely token
+    params = [SamplingParams(temperature=1.0, top_p=1e-9, seed=s) for s in range(3)]
+    tokens = select_tokens(logits.clone(), params, [make_generator(s) for s in range(3)], None)
+    assert tokens.tolist() == [17, 17, 17]
+
+
+def test_seeded_rows_draw_the_same_tokens_alone_or_in_any_mixed_batch():
+    torch.manual_seed(5)
+    logits = torch.randn(6, 3000)
+    params = [
+        SamplingParams(temperature=1.0, top_p=0.95, seed=11),
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.8, seed=12),
+        SamplingParams(temperature=1.2, top_k=50, seed=13),
+        SamplingParams(temperature=1.0, top_p=0.5, top_k=10, seed=14),
+        SamplingParams(temperature=1.0, seed=15),
+    ]
+    together = select_tokens(logits.clone(), params, [make_generator(p.seed) for p in params], None)
+    for row, p in enumerate(params):
+        alone = select_tokens(logits[row : row + 1].clone(), [p], [make_generator(p.seed)], None)
+        assert together[row] == alone[0], row

@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 from transformers.pytorch_utils import Conv1D
 
+from .packed_linear import PackedLinear
+
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 KEY_PREFIX = "base_model.model."
@@ -91,7 +93,7 @@ def read_lora(folder: Path, name: str, model: torch.nn.Module) -> LoraWeights:
 
 
 def _features(module: torch.nn.Module, module_name: str, adapter: str) -> tuple[int, int]:
-    if isinstance(module, torch.nn.Linear):
+    if isinstance(module, (torch.nn.Linear, PackedLinear)):
         return module.in_features, module.out_features
     if isinstance(module, Conv1D):  # GPT-2's transposed linear layer: weight [in, out]
         return module.weight.shape[0], module.weight.shape[1]

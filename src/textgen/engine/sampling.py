@@ -58,36 +58,93 @@ def select_tokens(
     generators: list[torch.Generator],
     seen: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Pick one next token per row from float32 `logits` [rows, vocab]."""
+    """Pick one next token per row from float32 `logits` [rows, vocab], which this may change in place."""
     finfo = torch.finfo(logits.dtype)
     if seen is not None:
         penalties = torch.tensor([p.repetition_penalty for p in params], dtype=logits.dtype)
         # A valid but tiny penalty (5e-324 is 0 in float32) sends seen logits to inf: keep every logit finite.
         logits = apply_repetition_penalty(logits, seen, penalties).clamp(finfo.min, finfo.max)
-    tokens = logits.argmax(dim=-1)
     sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
     if not sampled_rows:
-        return tokens
-
-    rows = torch.tensor(sampled_rows)
+        return logits.argmax(dim=-1)
+    tokens = torch.zeros(len(params), dtype=torch.long)
+    if len(sampled_rows) < len(params):
+        greedy_rows = [i for i, p in enumerate(params) if p.greedy]
+        tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        weights = logits[sampled_rows]
+    else:
+        weights = logits
     temperatures = torch.tensor([params[i].temperature for i in sampled_rows], dtype=logits.dtype)
     # Shift each row's best logit to 0 before dividing: a tiny temperature (any > 0 is valid, and may be 0 in
-    # float32) then sends the others to -inf, never the best one to inf, so softmax cannot make NaN from inf - inf.
-    picked = logits[rows]
-    scaled = (picked - picked.amax(dim=-1, keepdim=True)) / temperatures.clamp(min=finfo.tiny).unsqueeze(1)
-    # Only the rows that filter are sorted: a row sampled from sorted probabilities lands on another token for
-    # the same random draw, so sorting every row would make a seeded row's tokens depend on its batch.
-    filtered = [j for j, i in enumerate(sampled_rows) if params[i].top_k > 0 or params[i].top_p < 1.0]
-    order: dict[int, torch.Tensor] = {}
-    if filtered:
-        index = torch.tensor(filtered)
-        ordered, sort_order = scaled[index].sort(dim=-1, descending=True)
-        top_k = torch.tensor([params[sampled_rows[j]].top_k for j in filtered])
-        top_p = torch.tensor([params[sampled_rows[j]].top_p for j in filtered], dtype=logits.dtype)
-        scaled[index] = filter_top_k_top_p(ordered, top_k, top_p)
-        order = dict(zip(filtered, sort_order, strict=True))
-    probs = scaled.softmax(dim=-1)
-    for j, row in enumerate(sampled_rows):
-        choice = torch.multinomial(probs[j], 1, generator=generators[row])
-        tokens[row] = order[j][choice] if j in order else choice
+    # float32) then sends the others to -inf, never the best one to inf, so exp cannot make NaN from inf - inf.
+    # Unnormalised exp() is enough: sampling inverts each row's own cumulative sum.
+    weights = weights.sub_(weights.amax(dim=-1, keepdim=True)).div_(temperatures.clamp(min=finfo.tiny).unsqueeze(1))
+    weights = weights.exp_()
+    top_k = torch.tensor([params[i].top_k for i in sampled_rows])
+    if bool((top_k > 0).any()):
+        weights = keep_top_k(weights, top_k)
+    top_p = torch.tensor([params[i].top_p for i in sampled_rows], dtype=logits.dtype)
+    tokens[sampled_rows] = sample_nucleus(weights, top_p, [generators[i] for i in sampled_rows])
     return tokens
+
+
+def keep_top_k(probs: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Zero each row's probabilities beyond its `top_k` largest (0: keep all), as the sorted cut does."""
+    k = top_k.clamp(max=probs.shape[1])
+    largest_k = int(k.max())
+    order = probs.topk(largest_k, dim=-1).indices
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    keep.scatter_(1, order, torch.arange(largest_k).unsqueeze(0) < k.unsqueeze(1))
+    keep |= (k == 0).unsqueeze(1)
+    return probs.masked_fill(~keep, 0.0)
+
+
+MAX_NUCLEUS_ROUNDS = 16
+
+
+def sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row, drawn in proportion to `weights` [rows, vocab] (unnormalised) within the row's top-p nucleus.
+
+    Batched, without sorting the vocabulary: each round draws one uniform per pending row from that row's own
+    generator and inverts the row's cumulative weights. The token is kept if the weight of the tokens strictly more
+    likely than it is at most `top_p` of the total (it is in the nucleus); otherwise every token no more likely than
+    it is excluded and the row draws again. Every nucleus token is more likely than any rejected one, so a kept
+    draw is exactly distributed as the renormalised nucleus (FlashInfer's rejection sampling for top-p). A row's
+    draws depend on its own weights and generator only, so a seeded row samples the same whatever shares the batch.
+    """
+    chosen = torch.empty(weights.shape[0], dtype=torch.long)
+    filtering = top_p < 1.0
+    limit = top_p * weights.sum(dim=-1) if bool(filtering.any()) else top_p
+    pending = torch.arange(weights.shape[0])
+    candidates = weights
+    for _ in range(MAX_NUCLEUS_ROUNDS):
+        cumulative = candidates.cumsum(dim=-1)  # accumulated in double by torch's CPU kernel, stored as float32
+        draws = torch.cat([torch.rand(1, generator=generators[i]) for i in pending.tolist()])
+        total = cumulative[:, -1]
+        # Strictly below the total, so the first cumulative weight above it belongs to a token of positive weight.
+        target = torch.minimum(draws * total, torch.nextafter(total, torch.zeros_like(total))).unsqueeze(1)
+        token = torch.searchsorted(cumulative, target, right=True).squeeze(1)
+        if not bool(filtering[pending].any()):
+            chosen[pending] = token
+            return chosen
+        row_weights = candidates if candidates is weights else weights[pending]
+        token_weight = row_weights.gather(1, token.unsqueeze(1))
+        above = (row_weights * (row_weights > token_weight)).sum(dim=-1)
+        accepted = ~filtering[pending] | (above <= limit[pending])
+        chosen[pending[accepted]] = token[accepted]
+        rejected = ~accepted
+        if not bool(rejected.any()):
+            return chosen
+        pending, row_weights, token_weight = pending[rejected], row_weights[rejected], token_weight[rejected]
+        candidates = row_weights * (row_weights > token_weight)
+    # Rare (a near-zero top_p over a flat distribution): the remaining rows sort.
+    for row in pending.tolist():
+        chosen[row] = _sample_sorted(weights[row], float(top_p[row]), generators[row])
+    return chosen
+
+
+def _sample_sorted(weights: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
+    ordered, order = weights.sort(descending=True)
+    mass_before = ordered.cumsum(0) - ordered
+    kept = ordered.masked_fill(mass_before > top_p * float(ordered.sum()), 0.0)
+    return int(order[torch.multinomial(kept, 1, generator=generator)])

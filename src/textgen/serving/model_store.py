@@ -12,6 +12,8 @@ from bentoml.exceptions import NotFound
 from pydantic import BaseModel, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from textgen.engine.packed_linear import can_pack, pack_linears
+
 logger = logging.getLogger(__name__)
 
 IMPORT_HINT = (
@@ -116,11 +118,16 @@ class LoadedModel:
         return self.info.context_length
 
 
-def load_model(stored: bentoml.Model, device_setting: str = "auto", dtype_setting: str = "auto") -> LoadedModel:
+def load_model(
+    stored: bentoml.Model, device_setting: str = "auto", dtype_setting: str = "auto", pack: bool = True
+) -> LoadedModel:
+    """`pack`: run linear layers through oneDNN with prepacked weights where that pays (float32 on the CPU)."""
     device = pick_device(device_setting)
     dtype = pick_dtype(dtype_setting, device)
     tokenizer = AutoTokenizer.from_pretrained(stored.path)
     model = AutoModelForCausalLM.from_pretrained(stored.path, dtype=dtype).to(device).eval()
+    if pack and can_pack(model):
+        logger.info("packed %d linear layers for oneDNN", pack_linears(model))
     meta = stored.info.metadata
     info = ModelInfo(
         tag=str(stored.tag),

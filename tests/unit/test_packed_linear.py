@@ -1,0 +1,76 @@
+"""Linear layers packed for oneDNN compute what the model's own layers compute, and the engine runs on them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from textgen.engine import BatchEngine, SamplingParams
+from textgen.engine.packed_linear import PackedLinear, can_pack, pack_linears
+from textgen.serving.model_store import parameter_count
+
+from .test_engine import job, run_jobs
+from .tiny_serving import reference_greedy
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN (mkldnn)")
+
+
+@pytest.fixture(scope="module")
+def packed_gpt2(tiny_model):
+    model, tokenizer = tiny_model
+    packed = copy.deepcopy(model)
+    assert pack_linears(packed) == 2 * 4 + 1  # c_attn, c_proj, c_fc, mlp c_proj per layer, and the LM head
+    return packed, tokenizer
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def test_every_linear_layer_is_packed_and_keeps_its_name_shape_and_parameters(tiny_model, packed_gpt2):
+    model, packed = tiny_model[0], packed_gpt2[0]
+    before = {name: type(m) for name, m in model.named_modules() if isinstance(m, (Conv1D, torch.nn.Linear))}
+    after = dict(packed.named_modules())
+    assert before and all(isinstance(after[name], PackedLinear) for name in before)
+    c_attn = after["transformer.h.0.attn.c_attn"]
+    assert (c_attn.in_features, c_attn.out_features) == (64, 192)
+    assert parameter_count(packed) == parameter_count(model)
+    # The LM head still shares the token embedding's storage (no copy of the vocabulary matrix besides the packing).
+    assert packed.lm_head.weight.data_ptr() == packed.transformer.wte.weight.data_ptr()
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_packed_logits_equal_the_models_own_to_float_rounding(architecture, tiny_model):
+    model = tiny_model[0] if architecture == "gpt2" else tiny_llama()
+    packed = copy.deepcopy(model)
+    pack_linears(packed)
+    ids = torch.randint(0, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, got = model(input_ids=ids).logits, packed(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_engine_on_packed_layers_gives_transformers_greedy_tokens(tiny_model, packed_gpt2):
+    model, tokenizer = packed_gpt2
+    engine = BatchEngine(model, tokenizer, max_batch_size=4)
+    engine.start()
+    try:
+        prompts = ["Hello, my name is", "The quick brown fox jumps over", "A"]
+        results = run_jobs(engine, [job(tokenizer, p, 20, SamplingParams(temperature=0.0)) for p in prompts])
+    finally:
+        engine.stop()
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == reference_greedy(tiny_model, prompt, 20)  # the unpacked model's generate()
+
+
+def test_only_float32_models_on_the_cpu_are_packed(tiny_model):
+    assert can_pack(tiny_model[0])
+    assert not can_pack(copy.deepcopy(tiny_model[0]).to(torch.bfloat16))
