@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .constraints import ConstraintError
 from .grammar import GrammarMatcher
-from .kv_cache import PaddedBatch
+from .kv_cache import SlotBatch
 from .logprobs import TokenLogprob, prompt_logprobs, token_logprobs
 from .lora import BatchedLora
 from .masking import mask_logits
@@ -91,7 +91,7 @@ class BatchEngine:
         self._commands: deque[tuple[Callable[[], object], Future[object]]] = deque()
         self._pending: deque[Job] = deque()
         self._active: list[Job] = []
-        self._batch: PaddedBatch | None = None
+        self._batch = SlotBatch(self.device, max_batch_size)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="batch-engine", daemon=True)
@@ -193,7 +193,8 @@ class BatchEngine:
             # The pass failed as a whole, so it cannot say whose fault it was: recompute each job alone.
             involved = [job for job in dict.fromkeys([*self._active, *joiners]) if not job.done]
             logger.exception("a batched forward pass failed; recomputing its %d job(s) one by one", len(involved))
-            self._active, self._batch = [], None
+            self._active = []
+            self._batch.clear()
             for job in involved:
                 try:
                     self._prefill([job])
@@ -225,7 +226,6 @@ class BatchEngine:
                 use_cache=True,
                 logits_to_keep=0 if scoring else 1,  # 0: every position
             )
-        batch = PaddedBatch(out.past_key_values, mask.to(self.device))
         self._on_step(len(jobs))
         for job in scoring:
             k = job.params.prompt_logprobs or 0
@@ -235,13 +235,7 @@ class BatchEngine:
         new = [row for row in new if jobs[row] not in finished]
         finished.update(self._advance([jobs[row] for row in new], out.logits[new, -1]))
         survivors = [row for row, job in enumerate(jobs) if job not in finished]
-        batch.keep(survivors)
-        if not survivors:
-            return
-        if self._batch is None:
-            self._batch = batch
-        else:
-            self._batch.extend(batch)
+        self._batch.add(out.past_key_values, mask, survivors)
         self._active.extend(jobs[row] for row in survivors)
 
     def _begin(self, job: Job, now: float) -> None:
@@ -266,28 +260,19 @@ class BatchEngine:
         return done
 
     def _decode(self) -> None:
-        batch = self._batch
-        assert batch is not None
         self._before_forward(self._active)
-        positions = batch.next_positions()
+        positions, mask, cache = self._batch.begin_step()
         ids = torch.tensor([[job.output_ids[-1]] for job in self._active], device=self.device)
         with self.lora.rows([job.params.adapter for job in self._active], [1] * len(self._active)):
             out = self.model(
-                input_ids=ids,
-                attention_mask=batch.grow(),
-                position_ids=positions,
-                past_key_values=batch.cache,
-                use_cache=True,
+                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
             )
+        self._batch.end_step()
         self._on_step(len(self._active))
         finished = set(self._advance(self._active, out.logits[:, -1]))
         if finished:
-            survivors = [row for row, job in enumerate(self._active) if job not in finished]
-            self._active = [self._active[row] for row in survivors]
-            if survivors:
-                batch.keep(survivors)
-            else:
-                self._batch = None
+            order = self._batch.drop([row for row, job in enumerate(self._active) if job in finished])
+            self._active = [self._active[row] for row in order]
 
     def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[Job]:
         """Pick each job's next token and finish the jobs that are done (or fail). Returns the finished jobs.
