@@ -115,17 +115,24 @@ def frequencies(logits: torch.Tensor, params: SamplingParams, draws: int) -> tor
         SamplingParams(temperature=1.3, top_k=4, top_p=0.9),
     ],
 )
-def test_samples_follow_the_filtered_distribution_transformers_defines(params):
-    """The batched sampler (no sort, one draw per row per round) against the sorted reference's probabilities."""
+@pytest.mark.parametrize("vocab", [12, 3000], ids=["one-block", "several-blocks"])
+def test_samples_follow_the_filtered_distribution_transformers_defines(params, vocab):
+    """The batched sampler (no sort, one draw per row per round) against the sorted reference's probabilities.
+
+    With 3000 tokens the 12 likely ones sit around the sampler's 1024-token block edges (the rest have weight 0)."""
     torch.manual_seed(4)
-    logits = torch.randn(1, 12) * 1.5
+    logits = torch.full((1, vocab), float("-inf"))
+    edges = [0, 5, 300, 301, 302, 303, 1023, 1024, 1025, 2047, 2048, 2999]
+    support = torch.arange(12) if vocab == 12 else torch.tensor(edges)
+    logits[0, support] = torch.randn(len(support)) * 1.5
     sorted_logits, order = (logits / params.temperature).sort(dim=-1, descending=True)
     filtered = filter_top_k_top_p(sorted_logits, torch.tensor([params.top_k]), torch.tensor([params.top_p]))
-    expected = torch.zeros(12, dtype=torch.float64)
+    expected = torch.zeros(vocab, dtype=torch.float64)
     expected[order[0]] = filtered[0].softmax(-1).double()
 
     observed = frequencies(logits, params, draws=20_000)
     assert torch.all(observed[expected == 0] == 0)  # nothing outside the nucleus, ever
+    assert (expected > 0).sum() >= 2
     sigma = (expected * (1 - expected) / 20_000).sqrt()
     assert torch.all((observed - expected).abs() <= 5 * sigma + 1e-9), (observed, expected)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ def select_tokens(
     # Shift each row's best logit to 0 before dividing: a tiny temperature (any > 0 is valid, and may be 0 in
     # float32) then sends the others to -inf, never the best one to inf, so exp cannot make NaN from inf - inf.
     # Unnormalised exp() is enough: sampling inverts each row's own cumulative sum.
-    weights = weights.sub_(weights.amax(dim=-1, keepdim=True)).div_(temperatures.clamp(min=finfo.tiny).unsqueeze(1))
+    weights = weights.sub_(weights.amax(dim=-1, keepdim=True))
+    if bool((temperatures != 1.0).any()):
+        weights = weights.div_(temperatures.clamp(min=finfo.tiny).unsqueeze(1))
     weights = weights.exp_()
     top_k = torch.tensor([params[i].top_k for i in sampled_rows])
     if bool((top_k > 0).any()):
@@ -118,18 +121,14 @@ def sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, generators: list[
     pending = torch.arange(weights.shape[0])
     candidates = weights
     for _ in range(MAX_NUCLEUS_ROUNDS):
-        cumulative = candidates.cumsum(dim=-1)  # accumulated in double by torch's CPU kernel, stored as float32
         draws = torch.cat([torch.rand(1, generator=generators[i]) for i in pending.tolist()])
-        total = cumulative[:, -1]
-        # Strictly below the total, so the first cumulative weight above it belongs to a token of positive weight.
-        target = torch.minimum(draws * total, torch.nextafter(total, torch.zeros_like(total))).unsqueeze(1)
-        token = torch.searchsorted(cumulative, target, right=True).squeeze(1)
+        token = invert_cumulative(candidates, draws)
         if not bool(filtering[pending].any()):
             chosen[pending] = token
             return chosen
         row_weights = candidates if candidates is weights else weights[pending]
         token_weight = row_weights.gather(1, token.unsqueeze(1))
-        above = (row_weights * (row_weights > token_weight)).sum(dim=-1)
+        above = weight_above(row_weights, token_weight)
         accepted = ~filtering[pending] | (above <= limit[pending])
         chosen[pending[accepted]] = token[accepted]
         rejected = ~accepted
@@ -141,6 +140,48 @@ def sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, generators: list[
     for row in pending.tolist():
         chosen[row] = _sample_sorted(weights[row], float(top_p[row]), generators[row])
     return chosen
+
+
+def weight_above(weights: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Per row, the total of the weights strictly above the row's (positive) `threshold` [rows, 1].
+
+    Dividing by the threshold makes it 1 for every row, so one in-place `threshold_` pass does the masking: several
+    times cheaper than a boolean mask and a product (this runs for every top-p row at every step).
+    """
+    return F.threshold_(weights / threshold, 1.0, 0.0).sum(dim=-1) * threshold.squeeze(1)
+
+
+BLOCK = 1024
+
+
+def invert_cumulative(weights: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Per row, the first token whose cumulative weight exceeds `draws` [rows] (in [0, 1)) of the row's total.
+
+    In two levels, so that no pass over the vocabulary is a cumulative sum (a scan, several times the cost of a sum):
+    block totals pick the block, then only that block's weights are scanned. Every token picked has positive weight.
+    """
+    rows, vocab = weights.shape
+    full = vocab - vocab % BLOCK
+    totals = [weights[:, :full].unflatten(1, (full // BLOCK, BLOCK)).sum(dim=-1)] if full else []
+    if full < vocab:
+        totals.append(weights[:, full:].sum(dim=-1, keepdim=True))
+    block_cumulative = torch.cat(totals, dim=1).cumsum(dim=-1, dtype=torch.float64)
+    block = _invert(block_cumulative, draws.double() * block_cumulative[:, -1])
+    before = torch.where(block > 0, block_cumulative.gather(1, (block - 1).clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    # The block's own weights (those past the vocabulary's end are zero), scanned, and the rest of the draw inverted.
+    columns = block.unsqueeze(1) * BLOCK + torch.arange(BLOCK).unsqueeze(0)
+    inside = weights.gather(1, columns.clamp(max=vocab - 1)) * (columns < vocab)
+    cumulative = inside.cumsum(dim=-1, dtype=torch.float64)
+    target = draws.double() * block_cumulative[:, -1] - before
+    return block * BLOCK + _invert(cumulative, target)
+
+
+def _invert(cumulative: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Index of the first entry of each row's (non-decreasing) `cumulative` above `target`, kept below the total so
+    that the entry found adds positive weight."""
+    total = cumulative[:, -1]
+    target = torch.minimum(target.clamp(min=0.0), torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, target.unsqueeze(1), right=True).squeeze(1)
 
 
 def _sample_sorted(weights: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
