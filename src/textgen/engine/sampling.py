@@ -160,7 +160,7 @@ def invert_cumulative(weights: torch.Tensor, draws: torch.Tensor) -> torch.Tenso
     In two levels, so that no pass over the vocabulary is a cumulative sum (a scan, several times the cost of a sum):
     block totals pick the block, then only that block's weights are scanned. Every token picked has positive weight.
     """
-    rows, vocab = weights.shape
+    vocab = weights.shape[1]
     full = vocab - vocab % BLOCK
     totals = [weights[:, :full].unflatten(1, (full // BLOCK, BLOCK)).sum(dim=-1)] if full else []
     if full < vocab:
