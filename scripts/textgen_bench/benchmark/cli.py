@@ -15,6 +15,8 @@ the targets, and writes JSON + PNG under bench-results/. Servers run on free 127
     python scripts/benchmark.py --levels 5 --systems server,raw --rounds 8
     python scripts/benchmark.py --structured --levels 32     # JSON-schema rows against unconstrained ones
     python scripts/benchmark.py --adapters 4 --levels 16     # rows spread over 4 LoRA adapters against base-only
+    python scripts/benchmark.py --vs-llama                   # against llama.cpp's llama-server, same weights
+                                                             # (scripts/build_llama_server.sh builds it first)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..common.client import warm_up
 from ..common.machine import BUSY_OTHERS_CORES, busy_warning, machine_info, watch_cpu
 from ..common.servers import REPO_ROOT
 from ..common.text import format_targets
-from . import adapters, structured
+from . import adapters, peers, structured
 from .load import LoadPlan, run_load
 from .plot import plot_levels
 from .raw import RawModel
@@ -69,6 +71,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="our server only: every request constrained by a small JSON schema against the same load without",
     )
+    p.add_argument(
+        "--vs-llama",
+        action="store_true",
+        help="ours against llama.cpp's llama-server on the same weights, greedy and sampled, via /v1/completions "
+        "(default levels 1,5,32)",
+    )
+    p.add_argument(
+        "--llama-types",
+        type=lambda text: peers.ensure_known([t.strip() for t in text.split(",") if t.strip()]),
+        default=["f32", "f16", "q8_0"],
+        help="--vs-llama: GGUF types llama-server serves (default: f32,f16,q8_0)",
+    )
+    p.add_argument("--llama-server", type=Path, help="--vs-llama: the llama-server binary (default: the build's)")
+    p.add_argument("--llama-context", type=int, default=1024, help="--vs-llama: llama-server's context per slot")
+    p.add_argument("--int8", action="store_true", help="--vs-llama: also ours with MODEL_QUANTIZATION=int8")
+    p.add_argument("--long", action="store_true", help="--vs-llama: C=8, ~30 + 64 against ~512 + 256 tokens")
+    p.add_argument(
+        "--llama-own-samplers",
+        action="store_true",
+        help="--vs-llama: keep llama-server's default top_k 40 / min_p 0.05 when sampling (a narrower distribution)",
+    )
+    p.add_argument("--repeats", type=int, default=2, help="--vs-llama: greedy/sampled alternations per server")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every request (default: 30 tokens)")
     p.add_argument("--raw-repeats", type=int, help="timed raw generate calls per batch size (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="short requests sent before each measured run")
@@ -78,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench-results")
     p.add_argument("--name", help="file name stem of the results (default: bench-<time>)")
     args = p.parse_args(argv)
+    if args.vs_llama and args.levels is None:
+        args.levels = [1, 5, 32]
     preset = {"levels": [1, 5], "rounds": 2, "baseline_rounds": 1, "min_requests": 3, "raw_repeats": 1}
     full = {"levels": [1, 5, 16, 32], "rounds": 4, "baseline_rounds": 2, "min_requests": 4, "raw_repeats": 3}
     for key, value in (preset if args.quick else full).items():
@@ -222,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.adapters:
         return adapters.main(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem, json_path)
+    if args.vs_llama:
+        return peers.main(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem, json_path, png_path)
     if args.structured:
         return structured.main(args, Servers(args, secrets.token_urlsafe(16), args.out_dir / "logs" / stem), json_path)
     raw_model = RawModel(args.model_tag) if "raw" in args.systems else None

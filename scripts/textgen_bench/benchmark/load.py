@@ -1,4 +1,4 @@
-"""The load generator: N /generate requests at a fixed concurrency, /health polled alongside.
+"""The load generator: N requests (/generate, or OpenAI's /v1/completions) at a fixed concurrency, /health alongside.
 
 Like vLLM's benchmark_serving: requests are released on a Poisson schedule (or all at once) and
 a semaphore caps how many are in flight. Every loop is bounded in count and in time.
@@ -33,6 +33,7 @@ class LoadPlan:
     seed: int = 0
     stream: bool = False  # /generate_stream: time to first token is measured too
     variations: tuple[dict[str, Any], ...] = ()  # request i also gets variations[i % len] (e.g. its adapter)
+    route: str = "/generate"  # or "/v1/completions": any server speaking OpenAI's API (llama-server too)
 
     def payload_of(self, request: int) -> dict[str, Any]:
         if not self.variations:
@@ -73,8 +74,10 @@ def _sample_from(status: int, body: dict[str, Any] | None, latency_s: float, ttf
     )
 
 
-async def _post(client: httpx.AsyncClient, payload: dict[str, Any]) -> tuple[int, dict[str, Any] | None, None]:
-    response = await client.post("/generate", json=payload)
+async def _post(
+    client: httpx.AsyncClient, route: str, payload: dict[str, Any]
+) -> tuple[int, dict[str, Any] | None, None]:
+    response = await client.post(route, json=payload)
     return response.status_code, response.json() if response.status_code == 200 else None, None
 
 
@@ -108,7 +111,7 @@ async def _one_request(
             if plan.stream:
                 status, body, ttft_s = await _post_streaming(client, plan.payload_of(index), started)
             else:
-                status, body, ttft_s = await _post(client, plan.payload_of(index))
+                status, body, ttft_s = await _post(client, plan.route, plan.payload_of(index))
         except httpx.HTTPError as exc:
             return RequestSample(ok=False, latency_s=time.perf_counter() - started, error=type(exc).__name__)
         return _sample_from(status, body, time.perf_counter() - started, ttft_s)

@@ -46,13 +46,20 @@ async def poll_health(
 
 
 async def warm_up(
-    base_url: str, api_key: str, payload: dict[str, Any], count: int, timeout_s: float, stream: bool = False
+    base_url: str,
+    api_key: str,
+    payload: dict[str, Any],
+    count: int,
+    timeout_s: float,
+    stream: bool = False,
+    route: str | None = None,
 ) -> int:
     """A few short requests first, on the measured route: first calls pay one-off costs. Returns failures."""
     if count <= 0:
         return 0
-    short = {**payload, "max_new_tokens": min(8, int(payload.get("max_new_tokens", 8)))}
-    route = "/generate_stream" if stream else "/generate"
+    budget = "max_tokens" if "max_tokens" in payload else "max_new_tokens"  # OpenAI's name, or ours
+    short = {**payload, budget: min(8, int(payload.get(budget, 8)))}
+    route = route or ("/generate_stream" if stream else "/generate")
     async with httpx.AsyncClient(base_url=base_url, headers={"x-api-key": api_key}, timeout=timeout_s) as client:
         calls = (client.post(route, json=short) for _ in range(count))
         results = await asyncio.gather(*calls, return_exceptions=True)
