@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     model_tag: str = Field("distilgpt2:latest", description="BentoML model store tag to serve.")
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
     model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    model_quantization: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 linear layers (CPU, float32 only; opt-in, some quality lost)."
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice).")
 
     # LoRA adapters

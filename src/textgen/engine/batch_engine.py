@@ -84,7 +84,7 @@ class BatchEngine:
         self.stop_rules = StopRules(tokenizer, eos_token_id)
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id
         self.device = model.device
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = model.get_output_embeddings().out_features  # Linear, packed or int8: all say it
         self._on_step = on_step or (lambda _: None)
         self._before_forward = before_forward or (lambda _: None)  # fault injection hook (tests, soak runs)
         self.lora = BatchedLora(model)

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from textgen.engine.packed_linear import can_pack, pack_linears
+from textgen.engine.quantization import check_quantizable, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ModelInfo(BaseModel):
     parameters: int
     context_length: int
     dtype: str
+    quantization: str = Field("none", description="none, or int8 (dynamic int8 linear layers).")
     device: str
 
 
@@ -119,14 +121,24 @@ class LoadedModel:
 
 
 def load_model(
-    stored: bentoml.Model, device_setting: str = "auto", dtype_setting: str = "auto", pack: bool = True
+    stored: bentoml.Model,
+    device_setting: str = "auto",
+    dtype_setting: str = "auto",
+    quantization: str = "none",
+    pack: bool = True,
 ) -> LoadedModel:
-    """`pack`: run linear layers through oneDNN with prepacked weights where that pays (float32 on the CPU)."""
+    """`quantization` "int8": dynamic int8 linear layers (CPU, float32). Otherwise `pack`: linear layers through
+    oneDNN with prepacked weights where that pays (float32 on the CPU)."""
     device = pick_device(device_setting)
     dtype = pick_dtype(dtype_setting, device)
+    if quantization == "int8":
+        check_quantizable(device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(stored.path)
     model = AutoModelForCausalLM.from_pretrained(stored.path, dtype=dtype).to(device).eval()
-    if pack and can_pack(model):
+    parameters = parameter_count(model)  # before the layers are swapped: quantized ones hold no parameters
+    if quantization == "int8":
+        logger.info("quantized %d linear layers to int8 (MODEL_QUANTIZATION=int8)", quantize_int8(model))
+    elif pack and can_pack(model):
         logger.info("packed %d linear layers for oneDNN", pack_linears(model))
     meta = stored.info.metadata
     info = ModelInfo(
@@ -134,17 +146,19 @@ def load_model(
         source=str(meta.get("source", "unknown")),
         labels={str(k): str(v) for k, v in stored.info.labels.items()},
         architecture=type(model).__name__,
-        parameters=parameter_count(model),
+        parameters=parameters,
         context_length=context_length(model),
         dtype=str(model.dtype).removeprefix("torch."),
+        quantization=quantization,
         device=str(device),
     )
     logger.info(
-        "loaded %s (%s, %d parameters, %s on %s, weights: %s)",
+        "loaded %s (%s, %d parameters, %s%s on %s, weights: %s)",
         info.tag,
         info.architecture,
         info.parameters,
         info.dtype,
+        "" if quantization == "none" else f", {quantization} linear layers",
         info.device,
         info.source,
     )

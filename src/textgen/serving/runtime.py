@@ -66,7 +66,7 @@ class ModelRuntime:
     def _load(self, stored: bentoml.Model, metrics: GenerationMetrics) -> None:
         s = self.settings
         engine = AsyncEngine(
-            load_model(stored, s.model_device, s.model_dtype),
+            load_model(stored, s.model_device, s.model_dtype, s.model_quantization),
             self.gate,
             metrics,
             max_batch_size=s.max_batch_size or s.max_concurrency,
