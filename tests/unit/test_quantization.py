@@ -13,7 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from textgen.config import Settings
 from textgen.engine import BatchEngine, SamplingParams
 from textgen.engine.quantization import (
-    DynamicInt8Linear,
+    Int8Linear,
     QuantizationError,
     _as_linear,
     check_quantizable,
@@ -44,7 +44,7 @@ def test_conv1d_becomes_a_linear_with_exactly_the_same_outputs():
 def test_every_linear_layer_is_int8_under_its_own_name(tiny_model, int8_gpt2):
     names = {n for n, m in tiny_model[0].named_modules() if isinstance(m, (Conv1D, torch.nn.Linear))}
     modules = dict(int8_gpt2.named_modules())
-    assert names and all(isinstance(modules[n], DynamicInt8Linear) for n in names)
+    assert names and all(isinstance(modules[n], Int8Linear) for n in names)
     assert modules["lm_head"].out_features == 50257
     # The embedding the LM head was tied to is untouched: token lookups stay fp32.
     assert torch.equal(int8_gpt2.transformer.wte.weight, tiny_model[0].transformer.wte.weight)

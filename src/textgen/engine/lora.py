@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from transformers.pytorch_utils import Conv1D
 
 from .packed_linear import PackedLinear
-from .quantization import DynamicInt8Linear
+from .quantization import Int8Linear
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -94,7 +94,7 @@ def read_lora(folder: Path, name: str, model: torch.nn.Module) -> LoraWeights:
 
 
 def _features(module: torch.nn.Module, module_name: str, adapter: str) -> tuple[int, int]:
-    if isinstance(module, (torch.nn.Linear, PackedLinear, DynamicInt8Linear)):
+    if isinstance(module, (torch.nn.Linear, PackedLinear, Int8Linear)):
         return module.in_features, module.out_features
     if isinstance(module, Conv1D):  # GPT-2's transposed linear layer: weight [in, out]
         return module.weight.shape[0], module.weight.shape[1]
