@@ -3,8 +3,9 @@
 Weights are quantized once to int8, with a scale per output channel; activations are quantized per call and per
 token (fbgemm kernels). A step reads a quarter of the fp32 weight bytes, at some cost in quality:
 `scripts/measure_quantization.py` measures greedy-token agreement and perplexity against fp32 (figures in
-docs/benchmark.md). Never the default. GPT-2's `Conv1D` (weight [in, out]) becomes an `nn.Linear` first, which dynamic quantization knows.
-Modules keep their names, `in_features` and `out_features`, so LoRA hooks still attach (their deltas stay fp32).
+docs/benchmark.md). Never the default. GPT-2's `Conv1D` (weight [in, out]) becomes an `nn.Linear` first, which
+dynamic quantization knows. Modules keep their names, `in_features` and `out_features`, so LoRA hooks still
+attach (their deltas stay fp32).
 """
 
 from __future__ import annotations
