@@ -66,7 +66,9 @@ def report() -> PeersReport:
     for level, ours, llama in ((1, 100.0, 110.0), (5, 400.0, 350.0), (32, 900.0, 300.0)):
         runs += [run("ours", level, "greedy", ours), run("ours", level, "sampled", ours * 0.9)]
         runs += [run("llama-f32", level, "greedy", llama), run("llama-f32", level, "sampled", llama * 0.6)]
-    check = GreedyCheck(system="llama-f32", case="short", equal=False, first_difference=7, ours="a", theirs="b")
+    check = GreedyCheck(
+        system="llama-f32", case="short", concurrency=5, equal=False, first_difference=7, ours="a", theirs="b"
+    )
     return PeersReport(
         model_tag="m:1",
         cases=[Case(label="short", prompt="p", max_tokens=64, levels=[1, 5, 32])],
@@ -83,7 +85,7 @@ def test_the_report_puts_systems_side_by_side_with_ratios_and_says_what_was_skip
     assert "| 5 | greedy | 400.0 | 350.0 | 1.14 |" in text  # medians, and their ratio
     assert "| 32 | sampled | 810.0 | 180.0 | 4.50 |" in text
     assert "skipped llama-f16: no GGUF file" in text
-    assert "DIFFERS from ours from character 7" in text
+    assert "- llama-f32 (short; C=5): DIFFERS from ours from character 7 (C=5)" in text
     assert "ours C=1 0.90" in text  # what sampling costs
 
 

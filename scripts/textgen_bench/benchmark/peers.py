@@ -69,6 +69,7 @@ class PeerRun(BaseModel):
 class GreedyCheck(BaseModel):
     system: str
     case: str
+    concurrency: int
     equal: bool
     first_difference: int | None  # character offset of the first difference
     ours: str
@@ -201,6 +202,7 @@ def main(args: argparse.Namespace, api_key: str, log_dir: Path, json_path: Path,
                         check = GreedyCheck(
                             system=system,
                             case=case.label,
+                            concurrency=level,
                             equal=text == reference,
                             first_difference=first_difference(reference, text),
                             ours=reference,

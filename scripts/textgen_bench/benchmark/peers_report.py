@@ -96,12 +96,22 @@ def _total(report: PeersReport, case) -> str:
 
 
 def _checks(report: PeersReport) -> str:
-    lines = [
-        f"- greedy text of {c.system} ({c.case}): "
-        + ("equal to ours" if c.equal else f"DIFFERS from ours from character {c.first_difference}")
-        for c in report.checks
-    ]
-    return "Same weights, same work (one greedy request each):\n" + "\n".join(lines) if lines else ""
+    """One line per system and case: equal at every concurrency, or where it first differed."""
+    lines = []
+    for system in dict.fromkeys(c.system for c in report.checks):
+        for case in dict.fromkeys(c.case for c in report.checks if c.system == system):
+            checks = [c for c in report.checks if (c.system, c.case) == (system, case)]
+            levels = ", ".join(f"C={c.concurrency}" for c in checks)
+            differing = [c for c in checks if not c.equal]
+            verdict = (
+                "equal to ours"
+                if not differing
+                else (
+                    f"DIFFERS from ours from character {differing[0].first_difference} (C={differing[0].concurrency})"
+                )
+            )
+            lines.append(f"- {system} ({case}; {levels}): {verdict}")
+    return "Greedy text, one request each (same weights, same work):\n" + "\n".join(lines) if lines else ""
 
 
 def check_targets(report: PeersReport) -> list[TargetCheck]:

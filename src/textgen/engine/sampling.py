@@ -75,18 +75,19 @@ def select_tokens(
         weights = logits[sampled_rows]
     else:
         weights = logits
-    temperatures = torch.tensor([params[i].temperature for i in sampled_rows], dtype=logits.dtype)
+    chosen = [params[i] for i in sampled_rows]
     # Shift each row's best logit to 0 before dividing: a tiny temperature (any > 0 is valid, and may be 0 in
     # float32) then sends the others to -inf, never the best one to inf, so exp cannot make NaN from inf - inf.
-    # Unnormalised exp() is enough: sampling inverts each row's own cumulative sum.
+    # Unnormalised exp() is enough: sampling inverts each row's own cumulative sum. (The checks on the parameters
+    # are Python's: this runs every step, and a tensor op costs more than a loop over 32 rows.)
     weights = weights.sub_(weights.amax(dim=-1, keepdim=True))
-    if bool((temperatures != 1.0).any()):
+    if any(p.temperature != 1.0 for p in chosen):
+        temperatures = torch.tensor([p.temperature for p in chosen], dtype=logits.dtype)
         weights = weights.div_(temperatures.clamp(min=finfo.tiny).unsqueeze(1))
     weights = weights.exp_()
-    top_k = torch.tensor([params[i].top_k for i in sampled_rows])
-    if bool((top_k > 0).any()):
-        weights = keep_top_k(weights, top_k)
-    top_p = torch.tensor([params[i].top_p for i in sampled_rows], dtype=logits.dtype)
+    if any(p.top_k > 0 for p in chosen):
+        weights = keep_top_k(weights, torch.tensor([p.top_k for p in chosen]))
+    top_p = torch.tensor([p.top_p for p in chosen], dtype=logits.dtype)
     tokens[sampled_rows] = sample_nucleus(weights, top_p, [generators[i] for i in sampled_rows])
     return tokens
 
@@ -117,13 +118,14 @@ def sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, generators: list[
     """
     chosen = torch.empty(weights.shape[0], dtype=torch.long)
     filtering = top_p < 1.0
-    limit = top_p * weights.sum(dim=-1) if bool(filtering.any()) else top_p
+    any_filtering = bool(filtering.any())
+    limit = top_p * weights.sum(dim=-1) if any_filtering else top_p
     pending = torch.arange(weights.shape[0])
     candidates = weights
     for _ in range(MAX_NUCLEUS_ROUNDS):
         draws = torch.cat([torch.rand(1, generator=generators[i]) for i in pending.tolist()])
         token = invert_cumulative(candidates, draws)
-        if not bool(filtering[pending].any()):
+        if not any_filtering:
             chosen[pending] = token
             return chosen
         row_weights = candidates if candidates is weights else weights[pending]
