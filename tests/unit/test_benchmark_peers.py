@@ -21,9 +21,13 @@ def test_every_system_gets_the_same_request_and_llama_samples_from_the_same_dist
     ours = request_body("Hi", 64, "sampled", "ours")
     llama = request_body("Hi", 64, "sampled", "llama-f32")
     assert ours == {"prompt": "Hi", "max_tokens": 64, "ignore_eos": True, "temperature": 1.0, "top_p": 0.95}
-    assert llama == {**ours, "top_k": 0, "min_p": 0.0}  # llama-server's top_k 40 / min_p 0.05 defaults off
-    assert request_body("Hi", 64, "sampled", "llama-f32", llama_own=True) == ours
-    assert request_body("Hi", 8, "greedy", "llama-q8_0") == request_body("Hi", 8, "greedy", "ours")
+    # llama-server's top_k 40 / min_p 0.05 defaults off, and no reuse of the (always identical) prompt's cache
+    assert llama == {**ours, "top_k": 0, "min_p": 0.0, "cache_prompt": False}
+    assert request_body("Hi", 64, "sampled", "llama-f32", llama_own=True) == {**ours, "cache_prompt": False}
+    assert request_body("Hi", 8, "greedy", "llama-q8_0") == {
+        **request_body("Hi", 8, "greedy", "ours"),
+        "cache_prompt": False,
+    }
 
 
 def test_a_missing_binary_or_gguf_skips_the_system_and_says_how_to_build_it(tmp_path, monkeypatch):

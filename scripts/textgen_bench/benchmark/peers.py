@@ -6,7 +6,8 @@ closed loop at each concurrency C, greedy and sampled (temperature 1, top_p 0.95
 llama-server with `-np C -t <cores>` and the model's full context per slot. Before measuring, one greedy request
 to each system: llama-server f32 must write our text token for token (same weights, same work); the other GGUF
 types are compared for information. llama-server adds default samplers of its own (top_k 40, min_p 0.05) to what
-an OpenAI request sets; they are switched off so that both draw from the same distribution.
+an OpenAI request sets; they are switched off so that both draw from the same distribution. Its prompt cache is
+switched off too (`cache_prompt: false`): every request here has the same prompt, which it would otherwise reuse.
 
     python scripts/benchmark.py --vs-llama                      # C = 1, 5, 32; llama f32, f16, q8_0
     python scripts/benchmark.py --vs-llama --int8               # and ours with MODEL_QUANTIZATION=int8
@@ -40,6 +41,7 @@ LLAMA_SAMPLING = {"top_k": 0, "min_p": 0.0}  # llama-server's own extra samplers
 LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 51)  # ~512 GPT-2 tokens
 LONG_LEVEL, LONG_NEW_TOKENS = 8, 256
 OURS, OURS_INT8 = "ours", "ours-int8"
+MIN_REQUESTS = 16
 
 
 class Case(BaseModel):
@@ -90,8 +92,12 @@ def request_body(prompt: str, max_tokens: int, mode: str, system: str, llama_own
     """The same OpenAI request for every system; llama-server's own default samplers are turned off unless
     `llama_own` (then it samples from its narrower default distribution, as a user who sets nothing else gets)."""
     body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, **MODES[mode]}
-    if mode != "greedy" and system.startswith("llama") and not llama_own:
-        body.update(LLAMA_SAMPLING)
+    if system.startswith("llama"):
+        # Every request of the benchmark has the same prompt, which llama-server would take from a slot's cache
+        # instead of computing it; users' prompts differ, and ours has no such cache: both compute every prompt.
+        body["cache_prompt"] = False
+        if mode != "greedy" and not llama_own:
+            body.update(LLAMA_SAMPLING)
     return body
 
 
@@ -149,7 +155,8 @@ def measure(server: RunningServer, api_key: str, case: Case, system: str, level:
     for mode in runs:
         body = request_body(case.prompt, case.max_tokens, mode, system, args.llama_own_samplers)
         asyncio.run(warm_up(server.base_url, api_key, body, args.warmup, args.request_timeout, route=ROUTE))
-    requests = max(args.min_requests, args.rounds * level)
+    # At least MIN_REQUESTS even at C=1: a run of 4 requests (under 3 s) measured 0.6x or 1.1x on different runs.
+    requests = max(args.min_requests, args.rounds * level, MIN_REQUESTS)
     health: list[float] = []
     for _ in range(args.repeats):
         for mode, run in runs.items():
