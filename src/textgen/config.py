@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+FLOAT16S = ("float16", "bfloat16")
 DEFAULT_OPEN_PATHS = ("/health", "/livez", "/readyz", "/healthz", "/metrics")
 # Swagger UI and the documents it reads: open unless DOCS_OPEN=false (a browser cannot send a key to open a page).
 DOCS_PATHS = ("/", "/docs", "/docs.json", "/schema.json", "/static_content/*")
@@ -178,6 +179,16 @@ class Settings(BaseSettings):
     def _adapters_fit(self) -> Settings:
         if len(self.lora_adapters) > self.max_loras:
             raise ValueError(f"LORA_ADAPTERS names {len(self.lora_adapters)} adapters; MAX_LORAS is {self.max_loras}")
+        return self
+
+    @model_validator(mode="after")
+    def _int8_on_cpu_float32(self) -> Settings:
+        # MODEL_DEVICE=auto can still resolve to CUDA; the loader refuses that case when it knows the device.
+        if self.model_quantization == "int8" and (self.model_device == "cuda" or self.model_dtype in FLOAT16S):
+            raise ValueError(
+                "MODEL_QUANTIZATION=int8 runs on the CPU in float32 only; it cannot be combined with "
+                f"MODEL_DEVICE={self.model_device} and MODEL_DTYPE={self.model_dtype}"
+            )
         return self
 
     @model_validator(mode="after")

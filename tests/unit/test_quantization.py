@@ -93,5 +93,11 @@ def test_the_setting_takes_none_or_int8_and_defaults_to_none(monkeypatch):
     monkeypatch.setenv("MODEL_QUANTIZATION", "int4")
     with pytest.raises(ValidationError, match="model_quantization"):
         Settings(_env_file=None)
+    monkeypatch.setenv("MODEL_QUANTIZATION", "int8")
+    for setting, value in (("MODEL_DEVICE", "cuda"), ("MODEL_DTYPE", "bfloat16")):
+        with monkeypatch.context() as env:
+            env.setenv(setting, value)
+            with pytest.raises(ValidationError, match="MODEL_QUANTIZATION=int8 runs on the CPU in float32 only"):
+                Settings(_env_file=None)
     monkeypatch.delenv("MODEL_QUANTIZATION")
     assert Settings(_env_file=None).model_quantization == "none"
