@@ -37,7 +37,12 @@ class PackedLinear(nn.Module):
 def can_pack(model: nn.Module) -> bool:
     """oneDNN packing pays on the CPU in float32 (the default there); other devices and dtypes keep their path."""
     parameter = next(model.parameters())
-    return parameter.device.type == "cpu" and parameter.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    return (
+        parameter.device.type == "cpu"
+        and parameter.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")  # a build without it keeps PyTorch's own path
+    )
 
 
 def pack_linears(model: nn.Module) -> int:
