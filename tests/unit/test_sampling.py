@@ -161,3 +161,29 @@ def test_seeded_rows_draw_the_same_tokens_alone_or_in_any_mixed_batch():
     for row, p in enumerate(params):
         alone = select_tokens(logits[row : row + 1].clone(), [p], [make_generator(p.seed)], None)
         assert together[row] == alone[0], row
+
+
+def test_greedy_rows_take_the_first_of_tied_best_tokens_as_torch_does():
+    torch.manual_seed(6)
+    logits = torch.randn(3, 3000)
+    logits[0, [9, 5]] = 10.0
+    logits[1, [2999, 100]] = 10.0
+    greedy = [SamplingParams(temperature=0.0)] * 3
+    tokens = select_tokens(logits.clone(), greedy, [make_generator(0) for _ in range(3)], None)
+    assert tokens.tolist() == logits.argmax(dim=-1).tolist() == [5, 100, int(logits[2].argmax())]
+
+
+def test_draws_over_a_full_size_vocabulary_stay_in_each_rows_nucleus():
+    """32 rows of GPT-2's 50,257 tokens, nearly flat as a random-weight model's: many draws are rejected once."""
+    torch.manual_seed(7)
+    logits = torch.randn(32, 50257) * 0.5
+    probs = logits.softmax(dim=-1).double()
+    ordered = probs.sort(dim=-1, descending=True).values
+    in_nucleus = (ordered.cumsum(dim=-1) - ordered) <= 0.95
+    lightest_kept = ordered.gather(1, (in_nucleus.sum(dim=-1, keepdim=True) - 1))
+    params = [SamplingParams(temperature=1.0, top_p=0.95, seed=s) for s in range(32)]
+    generators = [make_generator(p.seed) for p in params]
+    for _ in range(10):
+        tokens = select_tokens(logits.clone(), params, generators, None)
+        picked = probs.gather(1, tokens.unsqueeze(1))
+        assert torch.all(picked >= lightest_kept * (1 - 1e-6)), (picked - lightest_kept).min()

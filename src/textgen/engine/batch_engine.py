@@ -12,6 +12,7 @@ far (recompute, as vLLM does on preemption); the ones that fail alone fail.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -52,7 +53,7 @@ class Job:
     done: bool = False  # on_done has been called
     started_at: float = 0.0
     first_token_at: float = 0.0
-    generator: torch.Generator | None = None
+    generator: random.Random | None = None
     seen: torch.Tensor | None = None  # tokens seen so far, for the repetition penalty
     matcher: GrammarMatcher | None = None  # the job's own grammar state, when its output is constrained
     logprobs: list[TokenLogprob] | None = None

@@ -2,12 +2,18 @@
 
 Semantics follow transformers' logits processors (repetition penalty, then
 temperature, top-k, top-p), vectorised over the rows that use them.
+
+Passes over the whole [rows, vocab] logits are PyTorch's (fused and threaded); the per-row bookkeeping between
+them (block totals, draws, a 1024-token block's scan) is NumPy's: at 32 rows each PyTorch op on a small tensor
+costs 10-40 us of dispatch and thread wake-up, and a step took about 40 of them.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,14 +31,12 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    """A seeded generator makes a request's samples reproducible, whatever else shares its batch."""
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
+def make_generator(seed: int | None) -> random.Random:
+    """A seeded generator makes a request's samples reproducible, whatever else shares its batch.
+
+    Python's Mersenne Twister: a row needs one uniform per step, which it draws in 0.1 us (a PyTorch generator's
+    draw is a tensor op). Unseeded, it is seeded from the OS's randomness."""
+    return random.Random(seed)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor) -> torch.Tensor:
@@ -56,10 +60,10 @@ def filter_top_k_top_p(sorted_logits: torch.Tensor, top_k: torch.Tensor, top_p: 
 def select_tokens(
     logits: torch.Tensor,
     params: list[SamplingParams],
-    generators: list[torch.Generator],
+    generators: list[random.Random],
     seen: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Pick one next token per row from float32 `logits` [rows, vocab], which this may change in place."""
+    """Pick one next token per row from float32 CPU `logits` [rows, vocab], which this may change in place."""
     finfo = torch.finfo(logits.dtype)
     if seen is not None:
         penalties = torch.tensor([p.repetition_penalty for p in params], dtype=logits.dtype)
@@ -67,29 +71,34 @@ def select_tokens(
         logits = apply_repetition_penalty(logits, seen, penalties).clamp(finfo.min, finfo.max)
     sampled_rows = [i for i, p in enumerate(params) if not p.greedy]
     if not sampled_rows:
-        return logits.argmax(dim=-1)
-    tokens = torch.zeros(len(params), dtype=torch.long)
+        return torch.from_numpy(argmax_rows(logits))
+    tokens = np.zeros(len(params), dtype=np.int64)
     if len(sampled_rows) < len(params):
         greedy_rows = [i for i, p in enumerate(params) if p.greedy]
-        tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        tokens[greedy_rows] = argmax_rows(logits[greedy_rows])
         weights = logits[sampled_rows]
     else:
         weights = logits
     chosen = [params[i] for i in sampled_rows]
-    # Shift each row's best logit to 0 before dividing: a tiny temperature (any > 0 is valid, and may be 0 in
-    # float32) then sends the others to -inf, never the best one to inf, so exp cannot make NaN from inf - inf.
-    # Unnormalised exp() is enough: sampling inverts each row's own cumulative sum. (The checks on the parameters
-    # are Python's: this runs every step, and a tensor op costs more than a loop over 32 rows.)
-    weights = weights.sub_(weights.amax(dim=-1, keepdim=True))
+    # One fused softmax (max, exp, sum and scale, a row at a time while it is in cache) is the cheapest way to the
+    # weights. At another temperature each row's best logit is shifted to 0 first: a tiny temperature (any > 0 is
+    # valid, and may be 0 in float32) then sends the others to -inf, never the best one to inf, so no NaN comes of
+    # inf - inf. (The checks on the parameters are Python's: this runs every step, and a tensor op costs more than
+    # a loop over 32 rows.)
     if any(p.temperature != 1.0 for p in chosen):
         temperatures = torch.tensor([p.temperature for p in chosen], dtype=logits.dtype)
-        weights = weights.div_(temperatures.clamp(min=finfo.tiny).unsqueeze(1))
-    weights = weights.exp_()
+        weights.sub_(weights.amax(dim=-1, keepdim=True)).div_(temperatures.clamp(min=finfo.tiny).unsqueeze(1))
+    weights = torch.softmax(weights, dim=-1)
     if any(p.top_k > 0 for p in chosen):
         weights = keep_top_k(weights, torch.tensor([p.top_k for p in chosen]))
-    top_p = torch.tensor([p.top_p for p in chosen], dtype=logits.dtype)
+    top_p = np.array([p.top_p for p in chosen], dtype=np.float64)
     tokens[sampled_rows] = sample_nucleus(weights, top_p, [generators[i] for i in sampled_rows])
-    return tokens
+    return torch.from_numpy(tokens)
+
+
+def argmax_rows(logits: torch.Tensor) -> np.ndarray:
+    """Each row's first largest entry. NumPy's argmax is vectorised; PyTorch's CPU argmax is 10x slower here."""
+    return logits.contiguous().numpy().argmax(axis=-1)
 
 
 def keep_top_k(probs: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
@@ -106,8 +115,9 @@ def keep_top_k(probs: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
 MAX_NUCLEUS_ROUNDS = 16
 
 
-def sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row, drawn in proportion to `weights` [rows, vocab] (unnormalised) within the row's top-p nucleus.
+def sample_nucleus(weights: torch.Tensor, top_p: np.ndarray, generators: list[random.Random]) -> np.ndarray:
+    """One token per row, drawn in proportion to `weights` [rows, vocab] (unnormalised, consumed) within the row's
+    top-p nucleus.
 
     Batched, without sorting the vocabulary: each round draws one uniform per pending row from that row's own
     generator and inverts the row's cumulative weights. The token is kept if the weight of the tokens strictly more
@@ -116,78 +126,97 @@ def sample_nucleus(weights: torch.Tensor, top_p: torch.Tensor, generators: list[
     draw is exactly distributed as the renormalised nucleus (FlashInfer's rejection sampling for top-p). A row's
     draws depend on its own weights and generator only, so a seeded row samples the same whatever shares the batch.
     """
-    chosen = torch.empty(weights.shape[0], dtype=torch.long)
+    chosen = np.empty(weights.shape[0], dtype=np.int64)
     filtering = top_p < 1.0
-    any_filtering = bool(filtering.any())
-    limit = top_p * weights.sum(dim=-1) if any_filtering else top_p
-    pending = torch.arange(weights.shape[0])
-    candidates = weights
-    for _ in range(MAX_NUCLEUS_ROUNDS):
-        draws = torch.cat([torch.rand(1, generator=generators[i]) for i in pending.tolist()])
-        token = invert_cumulative(candidates, draws)
-        if not any_filtering:
+    pending = np.arange(weights.shape[0])
+    candidates, limit = weights, top_p
+    for round_ in range(MAX_NUCLEUS_ROUNDS):
+        draws = np.array([generators[i].random() for i in pending.tolist()])
+        token, totals = invert_cumulative(candidates, draws)
+        if not filtering.any():
             chosen[pending] = token
             return chosen
-        row_weights = candidates if candidates is weights else weights[pending]
-        token_weight = row_weights.gather(1, token.unsqueeze(1))
-        above = weight_above(row_weights, token_weight)
-        accepted = ~filtering[pending] | (above <= limit[pending])
+        if round_ == 0:
+            limit = top_p * totals  # the nucleus's weight bound, in the weights' own units
+        pivot = np.maximum(candidates.numpy()[np.arange(len(pending)), token], np.float32(MIN_PIVOT))
+        above = keep_above_(candidates, pivot)  # candidates now hold the next round's weights
+        accepted = ~filtering[pending] | (above <= limit)
         chosen[pending[accepted]] = token[accepted]
-        rejected = ~accepted
-        if not bool(rejected.any()):
+        if accepted.all():
             return chosen
-        pending, row_weights, token_weight = pending[rejected], row_weights[rejected], token_weight[rejected]
-        candidates = row_weights * (row_weights > token_weight)
-    # Rare (a near-zero top_p over a flat distribution): the remaining rows sort.
-    for row in pending.tolist():
-        chosen[row] = _sample_sorted(weights[row], float(top_p[row]), generators[row])
+        # A rejected row keeps the tokens heavier than its draw, scaled by 1 / its weight (as is its bound).
+        rejected = ~accepted
+        pending, candidates = pending[rejected], candidates[torch.from_numpy(rejected)]
+        limit = limit[rejected] / pivot[rejected]
+    # Rare (a near-zero top_p over a flat distribution): the remaining rows sort what they have left.
+    for left, bound, row in zip(candidates.numpy(), limit.tolist(), pending.tolist(), strict=True):
+        chosen[row] = _sample_sorted(left, bound, generators[row])
     return chosen
 
 
-def weight_above(weights: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """Per row, the total of the weights strictly above the row's (positive) `threshold` [rows, 1].
+# Pivots are at least this heavy, so that dividing by one cannot overflow float32: a token lighter than this is
+# drawn with a chance below 1e-25 per step, and the tokens between it and this bound weigh less than that too.
+MIN_PIVOT = 1e-30
 
-    Dividing by the threshold makes it 1 for every row, so one in-place `threshold_` pass does the masking: several
-    times cheaper than a boolean mask and a product (this runs for every top-p row at every step).
+
+def keep_above_(weights: torch.Tensor, pivot: np.ndarray) -> np.ndarray:
+    """In place, per row: the weights strictly above the row's `pivot`, divided by it, and 0 elsewhere. Returns
+    their total in the weights' own units.
+
+    Dividing by the pivot makes it 1 for every row, so one in-place `threshold_` pass does the masking: several
+    times cheaper than a boolean mask and a product, and nothing is allocated (this runs for every top-p row at
+    every step).
     """
-    return F.threshold_(weights / threshold, 1.0, 0.0).sum(dim=-1) * threshold.squeeze(1)
+    F.threshold_(weights.div_(torch.from_numpy(pivot).unsqueeze(1)), 1.0, 0.0)
+    return weights.sum(dim=-1).numpy().astype(np.float64) * pivot
 
 
-BLOCK = 1024
+BLOCK = 256
 
 
-def invert_cumulative(weights: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-    """Per row, the first token whose cumulative weight exceeds `draws` [rows] (in [0, 1)) of the row's total.
+def invert_cumulative(weights: torch.Tensor, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the first token whose cumulative weight exceeds `draws` [rows] (in [0, 1)) of the row's total, and
+    the rows' totals.
 
     In two levels, so that no pass over the vocabulary is a cumulative sum (a scan, several times the cost of a sum):
     block totals pick the block, then only that block's weights are scanned. Every token picked has positive weight.
     """
-    vocab = weights.shape[1]
-    full = vocab - vocab % BLOCK
-    totals = [weights[:, :full].unflatten(1, (full // BLOCK, BLOCK)).sum(dim=-1)] if full else []
-    if full < vocab:
-        totals.append(weights[:, full:].sum(dim=-1, keepdim=True))
-    block_cumulative = torch.cat(totals, dim=1).cumsum(dim=-1, dtype=torch.float64)
-    block = _invert(block_cumulative, draws.double() * block_cumulative[:, -1])
-    before = torch.where(block > 0, block_cumulative.gather(1, (block - 1).clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
-    # The block's own weights (those past the vocabulary's end are zero), scanned, and the rest of the draw inverted.
-    columns = block.unsqueeze(1) * BLOCK + torch.arange(BLOCK).unsqueeze(0)
-    inside = weights.gather(1, columns.clamp(max=vocab - 1)) * (columns < vocab)
-    cumulative = inside.cumsum(dim=-1, dtype=torch.float64)
-    target = draws.double() * block_cumulative[:, -1] - before
-    return block * BLOCK + _invert(cumulative, target)
+    rows, vocab = weights.shape
+    blocks, tail = divmod(vocab, BLOCK)
+    full = blocks * BLOCK
+    sums = weights[:, :full].unflatten(1, (blocks, BLOCK)).sum(dim=-1)
+    if tail:
+        sums = torch.cat([sums, weights[:, full:].sum(dim=-1, keepdim=True)], dim=1)
+    cumulative = np.zeros((rows, sums.shape[1] + 1))  # column b: the weight before block b
+    np.cumsum(sums.numpy(), axis=1, out=cumulative[:, 1:])
+    total = cumulative[:, -1]
+    target = draws * total
+    block = _invert(cumulative[:, 1:], target)
+    # The block's own weights (the vocabulary's last, shorter block padded with zeros), scanned, and the rest of
+    # the draw inverted. Whole blocks are copied out of a [rows, blocks, BLOCK] view: no gather of single tokens.
+    every = np.arange(rows)
+    array = weights.numpy()
+    inside = np.zeros((rows, BLOCK), dtype=array.dtype)
+    whole = block < blocks
+    inside[whole] = array[:, :full].reshape(rows, blocks, BLOCK)[every[whole], block[whole]]
+    if not whole.all():
+        inside[~whole, :tail] = array[~whole, full:]
+    offset = _invert(np.cumsum(inside, axis=1, dtype=np.float64), target - cumulative[every, block])
+    return block * BLOCK + offset, total
 
 
-def _invert(cumulative: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _invert(cumulative: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Index of the first entry of each row's (non-decreasing) `cumulative` above `target`, kept below the total so
     that the entry found adds positive weight."""
     total = cumulative[:, -1]
-    target = torch.minimum(target.clamp(min=0.0), torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cumulative, target.unsqueeze(1), right=True).squeeze(1)
+    target = np.minimum(np.maximum(target, 0.0), np.nextafter(total, 0.0))
+    return (cumulative <= target[:, None]).sum(axis=1)
 
 
-def _sample_sorted(weights: torch.Tensor, top_p: float, generator: torch.Generator) -> int:
-    ordered, order = weights.sort(descending=True)
-    mass_before = ordered.cumsum(0) - ordered
-    kept = ordered.masked_fill(mass_before > top_p * float(ordered.sum()), 0.0)
-    return int(order[torch.multinomial(kept, 1, generator=generator)])
+def _sample_sorted(weights: np.ndarray, limit: float, generator: random.Random) -> int:
+    """Draw from the heaviest `weights` whose heavier ones weigh at most `limit` in all."""
+    order = np.argsort(-weights, kind="stable")
+    ordered = weights[order].astype(np.float64)
+    mass_before = np.cumsum(ordered) - ordered
+    cumulative = np.cumsum(np.where(mass_before > limit, 0.0, ordered))
+    return int(order[_invert(cumulative[None, :], np.array([generator.random() * cumulative[-1]]))[0]])
