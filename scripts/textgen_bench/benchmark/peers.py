@@ -1,12 +1,12 @@
 """`benchmark.py --vs-llama`: our server against llama.cpp's llama-server on the same weights, in one run.
 
 Every system gets the same OpenAI `/v1/completions` requests (the benchmark prompt, `max_tokens`, `ignore_eos`),
-closed loop at each concurrency C, greedy and sampled (temperature 1, top_p 0.95), the two modes alternating
-`--repeats` times per server; the median counts. Our server runs with MAX_CONCURRENCY = MAX_BATCH_SIZE = C, and
-llama-server with `-np C -t <cores>` and the model's full context per slot. Before measuring, one greedy request
-to each system: llama-server f32 must write our text token for token (same weights, same work); the other GGUF
-types are compared for information. llama-server adds default samplers of its own (top_k 40, min_p 0.05) to what
-an OpenAI request sets; they are switched off so that both draw from the same distribution. Its prompt cache is
+closed loop at each concurrency C, greedy and sampled (temperature 1, top_p 0.95), the two modes taking turns
+`--repeats` times per server in ABBA order; the median counts. Our server runs with MAX_CONCURRENCY = MAX_BATCH_SIZE
+= C, and llama-server with `-np C -t <cores>` and the model's full context per slot. Before measuring, one greedy
+request to each system: llama-server f32 must write our text token for token (same weights, same work); the other
+GGUF types are compared for information. llama-server adds default samplers of its own (top_k 40, min_p 0.05) to
+what an OpenAI request sets; they are switched off so that both draw from the same distribution. Its prompt cache is
 switched off too (`cache_prompt: false`): every request here has the same prompt, which it would otherwise reuse.
 
     python scripts/benchmark.py --vs-llama                      # C = 1, 5, 32; llama f32, f16, q8_0
@@ -158,8 +158,11 @@ def measure(server: RunningServer, api_key: str, case: Case, system: str, level:
     # At least MIN_REQUESTS even at C=1: a run of 4 requests (under 3 s) measured 0.6x or 1.1x on different runs.
     requests = max(args.min_requests, args.rounds * level, MIN_REQUESTS)
     health: list[float] = []
-    for _ in range(args.repeats):
-        for mode, run in runs.items():
+    # The modes take turns in ABBA order (greedy first, then sampled first, ...): a machine that drifts over the
+    # run (this one's speed wandered by 10-20 % over minutes) then weighs on both modes alike, not on the second.
+    order = list(runs.items())
+    for repeat in range(args.repeats):
+        for mode, run in order if repeat % 2 == 0 else order[::-1]:
             body = request_body(case.prompt, case.max_tokens, mode, system, args.llama_own_samplers)
             plan = LoadPlan(
                 server.base_url,
