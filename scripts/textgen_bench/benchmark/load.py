@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from ..common.client import HealthLog, poll_health
+from ..common.client import health_poller
 from .records import RequestSample
 
 
@@ -122,21 +122,16 @@ async def run_load(plan: LoadPlan) -> LoadOutcome:
     limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
     timeout = httpx.Timeout(plan.request_timeout_s, connect=10.0)
     gate = asyncio.Semaphore(plan.concurrency)
-    stop, health = asyncio.Event(), HealthLog()
-    async with (
-        httpx.AsyncClient(base_url=plan.base_url, headers=headers, limits=limits, timeout=timeout) as client,
-        httpx.AsyncClient(base_url=plan.base_url, timeout=5.0) as health_client,
-    ):
-        poller = asyncio.create_task(poll_health(health_client, plan.health_interval_s, stop, health))
-        delays = arrival_delays(plan.requests, plan.request_rate, plan.seed)
-        tasks = [asyncio.create_task(_one_request(client, plan, gate, d, i)) for i, d in enumerate(delays)]
-        started = time.perf_counter()
-        done, pending = await asyncio.wait(tasks, timeout=plan.run_timeout_s)
-        duration = time.perf_counter() - started
-        stop.set()
-        for task in pending:  # past the run's deadline
-            task.cancel()
-        await asyncio.gather(*pending, poller, return_exceptions=True)
+    with health_poller(plan.base_url, plan.health_interval_s) as health:
+        async with httpx.AsyncClient(base_url=plan.base_url, headers=headers, limits=limits, timeout=timeout) as client:
+            delays = arrival_delays(plan.requests, plan.request_rate, plan.seed)
+            tasks = [asyncio.create_task(_one_request(client, plan, gate, d, i)) for i, d in enumerate(delays)]
+            started = time.perf_counter()
+            done, pending = await asyncio.wait(tasks, timeout=plan.run_timeout_s)
+            duration = time.perf_counter() - started
+            for task in pending:  # past the run's deadline
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
     late = RequestSample(ok=False, latency_s=duration, error="run deadline")
     samples = [task.result() if task in done else late for task in tasks]
     return LoadOutcome(samples, health.latencies_ms, health.failures, duration)
