@@ -101,3 +101,15 @@ def test_the_targets_follow_the_issue_and_fail_when_missed(tmp_path: Path):
     assert verdicts["llama-server f32 writes our greedy text"] == "MISS"
     plot_report(report(), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_what_sampling_costs_comes_from_each_repeats_adjacent_pair_not_from_drifting_medians():
+    """The machine slowed by 30 % during the third repeat; each repeat's sampled run sat next to its greedy run."""
+    drifting = report()
+    for r in drifting.runs:
+        if (r.system, r.concurrency) == ("ours", 32):
+            r.tokens_per_s = [100.0, 100.0, 70.0] if r.mode == "greedy" else [96.0, 67.0, 67.0]
+    verdicts = {t.name: (t.verdict, t.detail) for t in check_targets(drifting)}
+    # Medians would say 67 / 100 (33 %); the pairs say 0.96, 0.67 and 0.957: 4.3 %.
+    assert verdicts["C=32: sampling costs ours at most 5%"] == ("PASS", "4.3%")
+    assert "ours C=1 0.90, C=5 0.90, C=32 0.96" in format_report(drifting)

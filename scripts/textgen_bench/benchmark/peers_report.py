@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from ..common.records import TargetCheck
@@ -14,11 +15,24 @@ MIN_RATIO = {1: 0.8, 5: 1.0, 32: 1.0}
 MAX_SAMPLING_COST, SAMPLING_LEVEL, HEALTH_P99_MS = 0.05, 32, 50.0
 
 
+def _run(report: PeersReport, system: str, case: str, level: int, mode: str) -> PeerRun | None:
+    wanted = (system, case, level, mode)
+    return next((r for r in report.runs if (r.system, r.case, r.concurrency, r.mode) == wanted), None)
+
+
 def median(report: PeersReport, system: str, case: str, level: int, mode: str) -> float | None:
-    run = next(
-        (r for r in report.runs if (r.system, r.case, r.concurrency, r.mode) == (system, case, level, mode)), None
-    )
+    run = _run(report, system, case, level, mode)
     return run.median if run is not None and run.tokens_per_s else None
+
+
+def sampled_over_greedy(report: PeersReport, system: str, case: str, level: int) -> float | None:
+    """The median of each repeat's sampled / greedy ratio: the two runs of a repeat are adjacent (ABBA order), so a
+    machine whose speed wanders over minutes moves both alike, and the ratio keeps what sampling costs."""
+    greedy, sampled = _run(report, system, case, level, "greedy"), _run(report, system, case, level, "sampled")
+    if greedy is None or sampled is None or not greedy.tokens_per_s or not sampled.tokens_per_s:
+        return None
+    pairs = zip(sampled.tokens_per_s, greedy.tokens_per_s, strict=False)
+    return statistics.median(s / g for s, g in pairs if g)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -68,7 +82,7 @@ def _sampling_costs(report: PeersReport, case: str, levels: list[int], systems: 
     for system in systems:
         costs = []
         for level in levels:
-            cost = ratio(median(report, system, case, level, "sampled"), median(report, system, case, level, "greedy"))
+            cost = sampled_over_greedy(report, system, case, level)
             costs.append(f"C={level} {fmt(cost, '.2f')}")
         cells.append(f"{system} " + ", ".join(costs))
     return "Sampled / greedy: " + "; ".join(cells)
@@ -127,9 +141,8 @@ def check_targets(report: PeersReport) -> list[TargetCheck]:
             name = f"C={level} {mode}: ours >= {needed:.1f}x llama-server f32"
             checks.append(_verdict(name, r, r is not None and r >= needed, f"{fmt(r, '.2f')}x"))
     if SAMPLING_LEVEL in short.levels:
-        greedy = median(report, OURS, short.label, SAMPLING_LEVEL, "greedy")
-        sampled = median(report, OURS, short.label, SAMPLING_LEVEL, "sampled")
-        cost = 1 - sampled / greedy if greedy and sampled is not None else None
+        paired = sampled_over_greedy(report, OURS, short.label, SAMPLING_LEVEL)
+        cost = 1 - paired if paired is not None else None
         name = f"C={SAMPLING_LEVEL}: sampling costs ours at most {MAX_SAMPLING_COST:.0%}"
         checks.append(_verdict(name, cost, cost is not None and cost <= MAX_SAMPLING_COST, f"{fmt(cost, '.1%')}"))
     f32 = [c for c in report.checks if c.system == REFERENCE]
