@@ -4,7 +4,7 @@ Semantics follow transformers' logits processors (repetition penalty, then
 temperature, top-k, top-p), vectorised over the rows that use them.
 
 Passes over the whole [rows, vocab] logits are PyTorch's (fused and threaded); the per-row bookkeeping between
-them (block totals, draws, a 1024-token block's scan) is NumPy's: at 32 rows each PyTorch op on a small tensor
+them (block totals, draws, a 256-token block's scan) is NumPy's: at 32 rows each PyTorch op on a small tensor
 costs 10-40 us of dispatch and thread wake-up, and a step took about 40 of them.
 """
 
