@@ -7,6 +7,7 @@ finished job is replaced at once, until `rounds x C` jobs are done. Variants loa
     python scripts/profile_engine.py                                   # packed (the default load), C=1,5,32
     python scripts/profile_engine.py --variants packed,unpacked --levels 5
     python scripts/profile_engine.py --prompt-tokens 512 --max-new-tokens 256 --levels 8
+    python scripts/profile_engine.py --levels 32 --rounds 2      # and the time spent selecting tokens, per mode
 
 The default model is the random-weight DistilGPT-2 (`import_model.py --random-weights`): the same cost as the
 real one, meaningless text.
@@ -42,6 +43,7 @@ class Run:
     jobs: int
     tokens: int
     seconds: float
+    selecting_s: float = 0.0  # of `seconds`, the engine thread's time in token selection
 
     @property
     def tokens_per_s(self) -> float:
@@ -88,9 +90,28 @@ def closed_loop(engine: BatchEngine, prompt: list[int], params: GenerationParams
     return Run("", concurrency, "", jobs, counts["tokens"], time.perf_counter() - start)
 
 
+def time_selection(engine: BatchEngine) -> list[float]:
+    """Wrap the engine's token selection (sampling or argmax, per step) with a timer; returns its running total,
+    which the caller resets. Whole-run tok/s moves by 10 % between runs on a noisy machine; the selection's own time
+    is what a sampler change changes."""
+    total = [0.0]
+    select = engine._select
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return select(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+
+    engine._select = timed  # type: ignore[method-assign]
+    return total
+
+
 def measure(loaded: LoadedModel, variant: str, args: argparse.Namespace) -> list[Run]:
     levels = [int(v) for v in args.levels.split(",")]
     engine = BatchEngine(loaded.model, loaded.tokenizer, max_batch_size=max(levels))
+    selecting = time_selection(engine)
     engine.start()
     prompt = torch.randint(0, len(loaded.tokenizer), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0))
     runs = []
@@ -99,9 +120,14 @@ def measure(loaded: LoadedModel, variant: str, args: argparse.Namespace) -> list
             for mode in args.modes.split(","):
                 params = GenerationParams(args.max_new_tokens, MODES[mode], ignore_eos=True)
                 closed_loop(engine, prompt.tolist(), params, concurrency, concurrency)  # warm-up
+                selecting[0] = 0.0
                 run = closed_loop(engine, prompt.tolist(), params, concurrency, args.rounds * concurrency)
-                run.variant, run.mode = variant, mode
-                print(f"{variant:9} C={concurrency:<3} {mode:8} {run.tokens_per_s:7.1f} tok/s", flush=True)
+                run.variant, run.mode, run.selecting_s = variant, mode, selecting[0]
+                print(
+                    f"{variant:9} C={concurrency:<3} {mode:8} {run.tokens_per_s:7.1f} tok/s, "
+                    f"{run.selecting_s:.2f} of {run.seconds:.2f} s selecting tokens",
+                    flush=True,
+                )
                 runs.append(run)
     finally:
         engine.stop()
