@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from tests.integration.conftest import API_KEY, MODEL_NAME, NAMED_KEYS, SHORT_TIMEOUT_S, Server, served
+from textgen_bench.common.client import HealthProbe
 from textgen_bench.common.records import Distribution
-from textgen_bench.soak.monitor import HealthProbe
 from textgen_bench.soak.stalled import StalledSockets, answer_of, stalled_bytes
 
 KEY = NAMED_KEYS["trickle"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from ..common.client import health_poller
+from ..common.client import HealthProbe
 from .records import RequestSample
 
 
@@ -122,7 +122,8 @@ async def run_load(plan: LoadPlan) -> LoadOutcome:
     limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=plan.concurrency)
     timeout = httpx.Timeout(plan.request_timeout_s, connect=10.0)
     gate = asyncio.Semaphore(plan.concurrency)
-    with health_poller(plan.base_url, plan.health_interval_s) as health:
+    probe = HealthProbe(plan.base_url, plan.health_interval_s)
+    with probe.running():
         async with httpx.AsyncClient(base_url=plan.base_url, headers=headers, limits=limits, timeout=timeout) as client:
             delays = arrival_delays(plan.requests, plan.request_rate, plan.seed)
             tasks = [asyncio.create_task(_one_request(client, plan, gate, d, i)) for i, d in enumerate(delays)]
@@ -134,4 +135,5 @@ async def run_load(plan: LoadPlan) -> LoadOutcome:
             await asyncio.gather(*pending, return_exceptions=True)
     late = RequestSample(ok=False, latency_s=duration, error="run deadline")
     samples = [task.result() if task in done else late for task in tasks]
+    health = probe.result()
     return LoadOutcome(samples, health.latencies_ms, health.failures, duration)

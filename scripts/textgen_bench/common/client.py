@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
+import multiprocessing
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 import httpx
@@ -46,28 +48,65 @@ async def poll_health(
             await asyncio.wait_for(stop.wait(), interval_s)
 
 
-@contextlib.contextmanager
-def health_poller(base_url: str, interval_s: float) -> Iterator[HealthLog]:
-    """Poll /health on a thread with its own event loop and connection for as long as the block runs.
+@dataclass
+class ProbeResult:
+    latencies_ms: list[float]
+    failures: int
+    peak_running: int = 0
+    peak_waiting: int = 0
 
-    A probe on the load's own event loop also timed the client's queue: with 32 responses arriving at once it
-    waited behind their parsing, which a kubelet's probe never does. Its own loop measures the server.
-    """
-    log, loop = HealthLog(), asyncio.new_event_loop()
-    stop = asyncio.Event()
 
-    async def poll() -> None:
-        async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as client:
-            await poll_health(client, interval_s, stop, log)
+async def _probe(base_url: str, interval_s: float, stop: MpEvent) -> ProbeResult:
+    log, result = HealthLog(), ProbeResult([], 0)
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(poll(),), name="health-poller", daemon=True)
-    thread.start()
-    try:
-        yield log
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join()
-        loop.close()
+    def observe(body: dict[str, Any]) -> None:
+        load = body.get("generations") or {}
+        result.peak_running = max(result.peak_running, int(load.get("running", 0)))
+        result.peak_waiting = max(result.peak_waiting, int(load.get("waiting", 0)))
+
+    stopped = asyncio.Event()
+    watcher = asyncio.create_task(asyncio.to_thread(stop.wait))
+    watcher.add_done_callback(lambda _: stopped.set())
+    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as client:
+        await poll_health(client, interval_s, stopped, log, observe)
+    await watcher
+    result.latencies_ms, result.failures = log.latencies_ms, log.failures
+    return result
+
+
+def _probe_main(base_url: str, interval_s: float, stop: MpEvent, conn: Connection) -> None:
+    conn.send(asyncio.run(_probe(base_url, interval_s, stop)))
+    conn.close()
+
+
+class HealthProbe:
+    """Polls /health from a process of its own: the load generator's busy event loop would otherwise delay
+    the probes and count its own lag as the server's."""
+
+    def __init__(self, base_url: str, interval_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(
+            target=_probe_main, args=(base_url, interval_s, self._stop, send), name="health-probe", daemon=True
+        )
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[HealthProbe]:
+        self._process.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._process.join(15)
+            if self._process.is_alive():
+                self._process.kill()
+
+    def result(self) -> ProbeResult:
+        """After `running` ended."""
+        if self._recv.poll(5):
+            return self._recv.recv()
+        return ProbeResult([], 1)  # the prober died: count it as a failure rather than as a perfect run
 
 
 async def warm_up(

@@ -39,14 +39,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..common.client import warm_up
+from ..common.client import HealthProbe, warm_up
 from ..common.machine import busy_warning, machine_info, tree_rss_bytes, watch_cpu
 from ..common.records import Distribution
 from ..common.servers import HOST, REPO_ROOT, batched_server_spec, ensure_random_model, free_port, serve
 from ..common.text import format_targets
 from .clients import SoakPlan, run_clients
 from .mix import DEFAULT_MIX, parse_mix, without_faults
-from .monitor import HealthProbe, RssSampler, wait_slots_free
+from .monitor import RssSampler, wait_slots_free
 from .records import Attempt, SlotState, SoakConfig, SoakReport, StalledSummary, summarise_attempts
 from .report import check_soak, format_soak
 from .stalled import StalledSockets
