@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from tests.conftest import TOKENIZER_DIR, load_tokenizer
 from textgen.engine import BatchEngine, SamplingParams
-from textgen.engine.packed_linear import can_pack, pack_linears
+from textgen.engine.packed_linear import can_pack, pack_linears, pad_small_products
 
 from .test_engine import job, run_jobs
 
@@ -34,7 +34,9 @@ def full_size():
     return model, load_tokenizer()
 
 
-def test_packed_engine_batch_gives_transformers_fp32_greedy_tokens_at_full_size(full_size):
+@pytest.mark.parametrize("min_rows", [1, 6], ids=["unpadded", "padded-to-6-rows"])
+def test_packed_engine_batch_gives_transformers_fp32_greedy_tokens_at_full_size(full_size, min_rows):
+    """Batches of 4 and 1 (the last prompt alone), with products of a few rows run as they are or padded."""
     model, tokenizer = full_size
     expected = []
     with torch.inference_mode():
@@ -47,11 +49,14 @@ def test_packed_engine_batch_gives_transformers_fp32_greedy_tokens_at_full_size(
 
     fast = copy.deepcopy(model)
     assert can_pack(fast) and pack_linears(fast) == 6 * 4 + 1
+    pad_small_products(fast, min_rows)
     engine = BatchEngine(fast, tokenizer, max_batch_size=len(PROMPTS))
     engine.start()
     try:
         greedy = SamplingParams(temperature=0.0)
         results = run_jobs(engine, [job(tokenizer, p, NEW_TOKENS, greedy) for p in PROMPTS])
+        alone = run_jobs(engine, [job(tokenizer, PROMPTS[-1], NEW_TOKENS, greedy)])
     finally:
         engine.stop()
     assert [r.token_ids for r in results] == expected
+    assert alone[0].token_ids == expected[-1]

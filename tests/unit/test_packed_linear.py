@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from textgen.engine import BatchEngine, SamplingParams
-from textgen.engine.packed_linear import PackedLinear, can_pack, pack_linears
+from textgen.engine.packed_linear import PackedLinear, can_pack, fastest_row_count, pack_linears, pad_small_products
 from textgen.serving.model_store import parameter_count
 
 from .test_engine import job, run_jobs
@@ -69,6 +69,37 @@ def test_the_engine_on_packed_layers_gives_transformers_greedy_tokens(tiny_model
         engine.stop()
     for prompt, result in zip(prompts, results, strict=True):
         assert result.token_ids == reference_greedy(tiny_model, prompt, 20)  # the unpacked model's generate()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (2, 48), (3, 2, 48), (7, 48)], ids=str)
+def test_a_product_padded_to_more_rows_gives_each_row_what_it_gives_unpadded(shape):
+    torch.manual_seed(0)
+    layer = PackedLinear(torch.randn(40, 48), torch.randn(40))
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        expected = layer(x)
+        layer.min_rows = 6  # 1, 2 and 6 rows are padded; 7 rows are not
+        got = layer(x)
+    assert got.shape == expected.shape == (*shape[:-1], 40)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, x @ layer.weight.T + layer.bias, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the padding buffer, made in inference mode, is written outside it too
+        torch.testing.assert_close(
+            layer(x[..., :1, :] * 2), expected[..., :1, :] * 2 - layer.bias, rtol=1e-4, atol=1e-4
+        )
+
+
+def test_padding_is_timed_on_the_largest_layer_and_set_on_every_layer(tiny_model):
+    model = copy.deepcopy(tiny_model[0])
+    pack_linears(model)
+    rows, times = pad_small_products(model)
+    assert sorted(times) == list(range(1, 9)) and all(t > 0 for t in times.values())
+    assert 1 <= rows <= 8 and (rows == 1 or times[rows] < 0.95 * times[1])
+    assert {m.min_rows for m in model.modules() if isinstance(m, PackedLinear)} == {rows}
+    assert pad_small_products(model, 3) == (3, {})
+    assert {m.min_rows for m in model.modules() if isinstance(m, PackedLinear)} == {3}
+    best, taken = fastest_row_count(model.lm_head, most=3, rounds=1)
+    assert sorted(taken) == [1, 2, 3] and best in taken
 
 
 def test_only_float32_models_on_the_cpu_are_packed(tiny_model):
