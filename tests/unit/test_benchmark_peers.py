@@ -10,6 +10,7 @@ from textgen_bench.benchmark.peers import (
     GreedyCheck,
     PeerRun,
     PeersReport,
+    abba,
     first_difference,
     request_body,
 )
@@ -113,3 +114,12 @@ def test_what_sampling_costs_comes_from_each_repeats_adjacent_pair_not_from_drif
     # Medians would say 67 / 100 (33 %); the pairs say 0.96, 0.67 and 0.957: 4.3 %.
     assert verdicts["C=32: sampling costs ours at most 5%"] == ("PASS", "4.3%")
     assert "ours C=1 0.90, C=5 0.90, C=32 0.96" in format_report(drifting)
+
+
+def test_systems_and_modes_take_turns_in_abba_order():
+    turns = [(system, mode) for r in range(4) for system in abba(["ours", "llama"], r) for mode in abba(["g", "s"], r)]
+    assert turns[:8] == [
+        ("ours", "g"), ("ours", "s"), ("llama", "g"), ("llama", "s"),
+        ("llama", "s"), ("llama", "g"), ("ours", "s"), ("ours", "g"),
+    ]  # fmt: skip
+    assert turns[8:] == turns[:8]

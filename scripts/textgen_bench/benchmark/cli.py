@@ -92,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="--vs-llama: keep llama-server's default top_k 40 / min_p 0.05 when sampling (a narrower distribution)",
     )
-    p.add_argument("--repeats", type=int, default=2, help="--vs-llama: greedy/sampled alternations per server")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="--vs-llama: runs per system and mode (they take turns, ABBA order)"
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every request (default: 30 tokens)")
     p.add_argument("--raw-repeats", type=int, help="timed raw generate calls per batch size (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="short requests sent before each measured run")

@@ -1,13 +1,14 @@
 """`benchmark.py --vs-llama`: our server against llama.cpp's llama-server on the same weights, in one run.
 
 Every system gets the same OpenAI `/v1/completions` requests (the benchmark prompt, `max_tokens`, `ignore_eos`),
-closed loop at each concurrency C, greedy and sampled (temperature 1, top_p 0.95), the two modes taking turns
-`--repeats` times per server in ABBA order; the median counts. Our server runs with MAX_CONCURRENCY = MAX_BATCH_SIZE
-= C, and llama-server with `-np C -t <cores>` and the model's full context per slot. Before measuring, one greedy
-request to each system: llama-server f32 must write our text token for token (same weights, same work); the other
-GGUF types are compared for information. llama-server adds default samplers of its own (top_k 40, min_p 0.05) to
-what an OpenAI request sets; they are switched off so that both draw from the same distribution. Its prompt cache is
-switched off too (`cache_prompt: false`): every request here has the same prompt, which it would otherwise reuse.
+closed loop at each concurrency C, greedy and sampled (temperature 1, top_p 0.95). A level's servers all run at
+once; the systems, and within each the two modes, take turns `--repeats` times in ABBA order; the median counts.
+Our server runs with MAX_CONCURRENCY = MAX_BATCH_SIZE = C, and llama-server with `-np C -t <cores>` and the model's
+full context per slot. Before measuring, one greedy request to each system: llama-server f32 must write our text
+token for token (same weights, same work); the other GGUF types are compared for information. llama-server adds
+default samplers of its own (top_k 40, min_p 0.05) to what an OpenAI request sets; they are switched off so that
+both draw from the same distribution. Its prompt cache is switched off too (`cache_prompt: false`): every request
+here has the same prompt, which it would otherwise reuse.
 
     python scripts/benchmark.py --vs-llama                      # C = 1, 5, 32; llama f32, f16, q8_0
     python scripts/benchmark.py --vs-llama --int8               # and ours with MODEL_QUANTIZATION=int8
@@ -138,8 +139,8 @@ def greedy_text(server: RunningServer, api_key: str, case: Case, system: str) ->
     return response.json()["choices"][0]["text"]
 
 
-def measure(server: RunningServer, api_key: str, case: Case, system: str, level: int, args: argparse.Namespace):
-    runs = {
+def new_runs(case: Case, system: str, level: int) -> dict[str, PeerRun]:
+    return {
         mode: PeerRun(
             system=system,
             case=case.label,
@@ -152,39 +153,54 @@ def measure(server: RunningServer, api_key: str, case: Case, system: str, level:
         )
         for mode in MODES
     }
-    for mode in runs:
-        body = request_body(case.prompt, case.max_tokens, mode, system, args.llama_own_samplers)
-        asyncio.run(warm_up(server.base_url, api_key, body, args.warmup, args.request_timeout, route=ROUTE))
+
+
+def measure(servers: dict[str, RunningServer], api_key: str, case: Case, level: int, args: argparse.Namespace):
+    """Every system at one level, the systems and, within each, the modes taking turns in ABBA order."""
+    runs = {system: new_runs(case, system, level) for system in servers}
+    for system, server in servers.items():
+        for mode in MODES:
+            body = request_body(case.prompt, case.max_tokens, mode, system, args.llama_own_samplers)
+            asyncio.run(warm_up(server.base_url, api_key, body, args.warmup, args.request_timeout, route=ROUTE))
     # At least MIN_REQUESTS even at C=1: a run of 4 requests (under 3 s) measured 0.6x or 1.1x on different runs.
     requests = max(args.min_requests, args.rounds * level, MIN_REQUESTS)
-    health: list[float] = []
-    # The modes take turns in ABBA order (greedy first, then sampled first, ...): a machine that drifts over the
-    # run (this one's speed wandered by 10-20 % over minutes) then weighs on both modes alike, not on the second.
-    order = list(runs.items())
+    health: dict[str, list[float]] = {system: [] for system in servers}
+    # Systems and modes take turns in ABBA order (ours then llama's, llama's then ours, ...; greedy first, then
+    # sampled first, ...): a machine that drifts over the run (speeds here wandered by 10-20 % over minutes)
+    # then weighs on every system and mode alike, not on whichever ran later.
     for repeat in range(args.repeats):
-        for mode, run in order if repeat % 2 == 0 else order[::-1]:
-            body = request_body(case.prompt, case.max_tokens, mode, system, args.llama_own_samplers)
-            plan = LoadPlan(
-                server.base_url,
-                api_key,
-                body,
-                requests,
-                level,
-                request_timeout_s=args.request_timeout,
-                run_timeout_s=args.level_timeout,
-                health_interval_s=args.health_interval,
-                route=ROUTE,
-            )
-            outcome = asyncio.run(run_load(plan))
-            done = [s for s in outcome.samples if s.ok]
-            run.tokens_per_s.append(sum(s.completion_tokens for s in done) / outcome.duration_s)
-            run.failed += len(outcome.samples) - len(done)
-            run.prompt_tokens = statistics.mean(s.prompt_tokens for s in done) if done else 0.0
-            health += outcome.health_ms
-            print(f"  {system} C={level} {mode}: {run.tokens_per_s[-1]:.1f} tok/s", flush=True)
-    for run in runs.values():
-        run.health_p99_ms = statistics.quantiles(health, n=100)[98] if len(health) >= 2 else None
-    return list(runs.values())
+        for system in abba(list(servers), repeat):
+            for mode in abba(list(MODES), repeat):
+                body = request_body(case.prompt, case.max_tokens, mode, system, args.llama_own_samplers)
+                plan = LoadPlan(
+                    servers[system].base_url,
+                    api_key,
+                    body,
+                    requests,
+                    level,
+                    request_timeout_s=args.request_timeout,
+                    run_timeout_s=args.level_timeout,
+                    health_interval_s=args.health_interval,
+                    route=ROUTE,
+                )
+                outcome = asyncio.run(run_load(plan))
+                done = [s for s in outcome.samples if s.ok]
+                run = runs[system][mode]
+                run.tokens_per_s.append(sum(s.completion_tokens for s in done) / outcome.duration_s)
+                run.failed += len(outcome.samples) - len(done)
+                run.prompt_tokens = statistics.mean(s.prompt_tokens for s in done) if done else 0.0
+                health[system] += outcome.health_ms
+                print(f"  {system} C={level} {mode}: {run.tokens_per_s[-1]:.1f} tok/s", flush=True)
+    for system, by_mode in runs.items():
+        p99 = statistics.quantiles(health[system], n=100)[98] if len(health[system]) >= 2 else None
+        for run in by_mode.values():
+            run.health_p99_ms = p99
+    return [run for by_mode in runs.values() for run in by_mode.values()]
+
+
+def abba(items: list[str], repeat: int) -> list[str]:
+    """The items in order on even repeats, reversed on odd ones."""
+    return items if repeat % 2 == 0 else items[::-1]
 
 
 def systems_of(args: argparse.Namespace) -> list[str]:
@@ -202,30 +218,32 @@ def main(args: argparse.Namespace, api_key: str, log_dir: Path, json_path: Path,
     for case in report.cases:
         for level in case.levels:
             print(f"\n== {case.label}: {case.max_tokens} new tokens, concurrency {level} ==", flush=True)
-            reference: str | None = None
-            for system in [s for s in report.systems if s not in skipped]:
-                with start(system, llama, args, api_key, level, log_dir) as server:
-                    text = greedy_text(server, api_key, case, system)
-                    if system == OURS:
-                        reference = text
-                    elif reference is not None:
-                        check = GreedyCheck(
-                            system=system,
-                            case=case.label,
-                            concurrency=level,
-                            equal=text == reference,
-                            first_difference=first_difference(reference, text),
-                            ours=reference,
-                            theirs=text,
-                        )
-                        report.checks.append(check)
-                        print(
-                            f"  greedy text of {system} {'equals' if check.equal else 'DIFFERS from'} ours"
-                            + ("" if check.equal else f" (from character {check.first_difference})"),
-                            flush=True,
-                        )
-                    report.runs += measure(server, api_key, case, system, level, args)
-                json_path.write_text(report.model_dump_json(indent=2))  # partial results survive an interrupt
+            systems = [s for s in report.systems if s not in skipped]
+            # All of a level's servers run at once (the idle ones cost nothing), so their runs can take turns.
+            with contextlib.ExitStack() as stack:
+                servers = {s: stack.enter_context(start(s, llama, args, api_key, level, log_dir)) for s in systems}
+                texts = {system: greedy_text(server, api_key, case, system) for system, server in servers.items()}
+                reference = texts.get(OURS)
+                for system, text in texts.items():
+                    if system == OURS or reference is None:
+                        continue
+                    check = GreedyCheck(
+                        system=system,
+                        case=case.label,
+                        concurrency=level,
+                        equal=text == reference,
+                        first_difference=first_difference(reference, text),
+                        ours=reference,
+                        theirs=text,
+                    )
+                    report.checks.append(check)
+                    print(
+                        f"  greedy text of {system} {'equals' if check.equal else 'DIFFERS from'} ours"
+                        + ("" if check.equal else f" (from character {check.first_difference})"),
+                        flush=True,
+                    )
+                report.runs += measure(servers, api_key, case, level, args)
+            json_path.write_text(report.model_dump_json(indent=2))  # partial results survive an interrupt
     report.targets = check_targets(report)
     json_path.write_text(report.model_dump_json(indent=2))
     plot_report(report, png_path)
