@@ -7,6 +7,7 @@ finished job is replaced at once, until `rounds x C` jobs are done. Variants loa
     python scripts/profile_engine.py                                   # packed (the default load), C=1,5,32
     python scripts/profile_engine.py --variants packed,unpacked --levels 5
     python scripts/profile_engine.py --variants unpadded,packed --levels 1,2,5  # products of a few rows padded
+    python scripts/profile_engine.py --variants unfused,packed                 # the MLP's activation in its product
     python scripts/profile_engine.py --prompt-tokens 512 --max-new-tokens 256 --levels 8
     python scripts/profile_engine.py --levels 32 --rounds 2      # and the time spent selecting tokens, per mode
 
@@ -30,6 +31,12 @@ import torch
 from textgen.engine import BatchEngine, GenerationParams, Job, SamplingParams
 from textgen.serving.model_store import LoadedModel, load_model
 
+VARIANTS: dict[str, dict[str, bool]] = {  # load_model's options: everything on, or one lever off
+    "packed": {},
+    "unpadded": {"pad_rows": False},
+    "unfused": {"fuse_activations": False},
+    "unpacked": {"pack": False},
+}
 MODES = {
     "greedy": SamplingParams(temperature=0.0),
     "sampled": SamplingParams(temperature=1.0, top_p=0.95),
@@ -54,7 +61,7 @@ class Run:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-tag", default="distilgpt2-random:latest")
-    p.add_argument("--variants", default="packed", help="comma list of packed,unpadded,unpacked (how linears run)")
+    p.add_argument("--variants", default="packed", help=f"comma list of {','.join(VARIANTS)} (how linears run)")
     p.add_argument("--levels", default="1,5,32", help="concurrencies")
     p.add_argument("--modes", default="greedy,sampled", help=f"comma list of {','.join(MODES)}")
     p.add_argument("--prompt-tokens", type=int, default=30)
@@ -141,11 +148,7 @@ def main() -> int:
     stored = bentoml.models.get(args.model_tag)
     runs: list[Run] = []
     for variant in args.variants.split(","):
-        runs += measure(
-            load_model(stored, "cpu", "float32", pack=variant != "unpacked", pad_rows=variant == "packed"),
-            variant,
-            args,
-        )
+        runs += measure(load_model(stored, "cpu", "float32", **VARIANTS[variant]), variant, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) | {"tokens_per_s": r.tokens_per_s} for r in runs], f, indent=2)

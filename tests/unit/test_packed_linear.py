@@ -10,8 +10,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from textgen.engine import BatchEngine, SamplingParams
-from textgen.engine.packed_linear import PackedLinear, can_pack, fastest_row_count, pack_linears, pad_small_products
+from textgen.engine.lora import BatchedLora, read_lora
+from textgen.engine.packed_linear import (
+    ActivationInLinear,
+    PackedLinear,
+    can_pack,
+    fastest_row_count,
+    pack_linears,
+    pad_small_products,
+)
 from textgen.serving.model_store import parameter_count
+from textgen_bench.common.lora import make_lora_adapter
 
 from .test_engine import job, run_jobs
 from .tiny_serving import reference_greedy
@@ -52,10 +61,33 @@ def test_packed_logits_equal_the_models_own_to_float_rounding(architecture, tiny
     model = tiny_model[0] if architecture == "gpt2" else tiny_llama()
     packed = copy.deepcopy(model)
     pack_linears(packed)
+    # The MLP's first layer applies the activation (GELU, SiLU) in its product.
+    mlp = packed.transformer.h[0].mlp if architecture == "gpt2" else packed.model.layers[0].mlp
+    first, activation = (mlp.c_fc, mlp.act) if architecture == "gpt2" else (mlp.gate_proj, mlp.act_fn)
+    assert first.fuses_activation and isinstance(activation, ActivationInLinear)
     ids = torch.randint(0, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected, got = model(input_ids=ids).logits, packed(input_ids=ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_lora_adapter_on_a_fused_layer_adds_its_delta_before_the_activation(tiny_model, tmp_path):
+    model = tiny_model[0]
+    folder = make_lora_adapter(model, tmp_path / "mlp", 3, target_modules=("c_fc",), base_name="tiny-gpt2")
+    packed = copy.deepcopy(model)
+    pack_linears(packed)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(1))
+    logits = {}
+    for name, adapted in (("plain", copy.deepcopy(model)), ("packed", packed)):
+        lora = BatchedLora(adapted)
+        weights = read_lora(folder, "mlp", adapted)
+        lora.add(weights)
+        with torch.inference_mode(), lora.rows([weights, None], [12, 12]):
+            logits[name] = adapted(input_ids=ids).logits
+        assert not (name == "packed" and packed.transformer.h[0].mlp.c_fc.fuses_activation)  # hooked: apart
+        lora.remove("mlp")
+    torch.testing.assert_close(logits["packed"], logits["plain"], rtol=1e-4, atol=1e-5)
+    assert packed.transformer.h[0].mlp.c_fc.fuses_activation  # fused again once the adapter is gone
 
 
 def test_the_engine_on_packed_layers_gives_transformers_greedy_tokens(tiny_model, packed_gpt2):

@@ -133,10 +133,12 @@ def load_model(
     quantization: str = "none",
     pack: bool = True,
     pad_rows: bool = True,
+    fuse_activations: bool = True,
 ) -> LoadedModel:
     """`quantization` "int8": dynamic int8 linear layers (CPU, float32). Otherwise `pack`: linear layers through
     oneDNN with prepacked weights where that pays (float32 on the CPU), and with `pad_rows`, products of a few rows
-    padded to the row count oneDNN reads the weights fastest at (timed here, at load)."""
+    padded to the row count oneDNN reads the weights fastest at (timed here, at load), and with `fuse_activations`
+    an MLP's activation applied by the linear layer before it."""
     device = pick_device(device_setting)
     dtype = pick_dtype(dtype_setting, device)
     if quantization == "int8":
@@ -147,7 +149,7 @@ def load_model(
     if quantization == "int8":
         logger.info("quantized %d linear layers to int8 (MODEL_QUANTIZATION=int8)", quantize_int8(model))
     elif pack and can_pack(model):
-        logger.info("packed %d linear layers for oneDNN", pack_linears(model))
+        logger.info("packed %d linear layers for oneDNN", pack_linears(model, fuse_activations))
         if pad_rows:
             _pad_small_products(model)
     meta = stored.info.metadata
