@@ -65,6 +65,7 @@ def test_packed_logits_equal_the_models_own_to_float_rounding(architecture, tiny
     mlp = packed.transformer.h[0].mlp if architecture == "gpt2" else packed.model.layers[0].mlp
     first, activation = (mlp.c_fc, mlp.act) if architecture == "gpt2" else (mlp.gate_proj, mlp.act_fn)
     assert first.fuses_activation and isinstance(activation, ActivationInLinear)
+    assert "activation=" in repr(first) and "ActivationInLinear(" in repr(packed)  # the model still prints
     ids = torch.randint(0, 1000, (3, 12), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected, got = model(input_ids=ids).logits, packed(input_ids=ids).logits
@@ -115,7 +116,7 @@ def test_a_product_padded_to_more_rows_gives_each_row_what_it_gives_unpadded(sha
     assert got.shape == expected.shape == (*shape[:-1], 40)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got, x @ layer.weight.T + layer.bias, rtol=1e-4, atol=1e-5)
-    with torch.no_grad():  # the padding buffer, made in inference mode, is written outside it too
+    with torch.no_grad():  # the padding, made in inference mode, is used outside it too
         torch.testing.assert_close(
             layer(x[..., :1, :] * 2), expected[..., :1, :] * 2 - layer.bias, rtol=1e-4, atol=1e-4
         )

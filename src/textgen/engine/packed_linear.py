@@ -11,8 +11,8 @@ Modules keep their names, `in_features`, `out_features` and a `weight` in `nn.Li
 A decoding step at a small batch multiplies a few rows by every weight, so its cost is reading the weights. How fast
 oneDNN reads them depends on the row count: on an AVX-512 EPYC, 1 or 2 rows streamed the weights 12-20 % slower
 than 5 rows did (its kernels for a handful of rows differ). `pad_small_products` times the LM head once at load
-and, where a few more rows are faster, pads smaller products with zero rows up to that count: the padding rows
-cost nothing in a product that waits for memory, and are dropped from the output.
+and, where a few more rows are faster, pads smaller products with rows of zeros up to that count: they cost
+nothing in a product that waits for memory, and their outputs are dropped.
 
 An MLP's first layer also applies the activation that follows it (GPT-2's tanh GELU, Llama's SiLU) as a oneDNN
 post-op, in the same pass: GPT-2's `gelu_new` alone is eight element-wise ops, 0.5 ms of a 13 ms batch-1 step.
@@ -40,18 +40,17 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
         self.min_rows = 1  # products of fewer rows are padded up to this many (pad_small_products)
         self.activation: tuple[str, str] | None = None  # oneDNN's name and algorithm of an activation it applies
-        self._padded = torch.zeros(0)
+        self._zeros = torch.zeros(0)  # the padding: never written, so threads sharing the layer may share it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows >= self.min_rows:
             return self._product(x)
-        if self._padded.shape != (self.min_rows, self.in_features):
-            with torch.inference_mode(False):  # an ordinary tensor, writable in and out of inference mode
-                self._padded = torch.zeros(self.min_rows, self.in_features, dtype=x.dtype)
-        # Rows from `rows` on may hold an earlier call's inputs: their outputs are dropped, whatever they are.
-        self._padded[:rows].copy_(x.reshape(rows, self.in_features))
-        return self._product(self._padded)[:rows].view(*x.shape[:-1], self.out_features)
+        if self._zeros.shape != (self.min_rows, self.in_features):
+            with torch.inference_mode(False):  # an ordinary tensor, usable in and out of inference mode
+                self._zeros = torch.zeros(self.min_rows, self.in_features, dtype=x.dtype)
+        padded = torch.cat((x.reshape(rows, self.in_features), self._zeros[rows:]))
+        return self._product(padded)[:rows].view(*x.shape[:-1], self.out_features)
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         name, algorithm = self.activation if self.fuses_activation else ("none", "")
@@ -61,6 +60,13 @@ class PackedLinear(nn.Module):
     def fuses_activation(self) -> bool:
         """Applies the activation in its product, unless a forward hook must see the product before it."""
         return self.activation is not None and not self._forward_hooks
+
+    def extra_repr(self) -> str:
+        activation = f", activation={'-'.join(filter(None, self.activation))}" if self.activation else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+            f"{activation}, min_rows={self.min_rows}"
+        )
 
 
 class ActivationInLinear(nn.Module):
@@ -74,9 +80,6 @@ class ActivationInLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.linear.fuses_activation else self.activation(x)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 def can_pack(model: nn.Module) -> bool:
