@@ -111,7 +111,7 @@ def test_a_product_padded_to_more_rows_gives_each_row_what_it_gives_unpadded(sha
     x = torch.randn(shape)
     with torch.inference_mode():
         expected = layer(x)
-        layer.min_rows = 6  # 1, 2 and 6 rows are padded; 7 rows are not
+        layer.min_rows = 6  # 1 and 2 rows are padded; 6 and 7 rows are not (3-D padded: the no_grad check)
         got = layer(x)
     assert got.shape == expected.shape == (*shape[:-1], 40)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
