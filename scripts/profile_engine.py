@@ -8,6 +8,7 @@ finished job is replaced at once, until `rounds x C` jobs are done. Variants loa
     python scripts/profile_engine.py --variants packed,unpacked --levels 5
     python scripts/profile_engine.py --variants unpadded,packed --levels 1,2,5  # products of a few rows padded
     python scripts/profile_engine.py --variants unfused,packed                 # the MLP's activation in its product
+    python scripts/profile_engine.py --variants forward,packed --levels 1,5     # written-out decoding steps
     python scripts/profile_engine.py --prompt-tokens 512 --max-new-tokens 256 --levels 8
     python scripts/profile_engine.py --levels 32 --rounds 2      # and the time spent selecting tokens, per mode
 
@@ -29,6 +30,7 @@ import bentoml
 import torch
 
 from textgen.engine import BatchEngine, GenerationParams, Job, SamplingParams
+from textgen.engine.decoders import TransformersDecoder
 from textgen.serving.model_store import LoadedModel, load_model
 
 VARIANTS: dict[str, dict[str, bool]] = {  # load_model's options: everything on, or one lever off
@@ -36,6 +38,7 @@ VARIANTS: dict[str, dict[str, bool]] = {  # load_model's options: everything on,
     "unpadded": {"pad_rows": False},
     "unfused": {"fuse_activations": False},
     "unpacked": {"pack": False},
+    "forward": {},  # decoding steps through the model's own forward pass, not the written-out decoder
 }
 MODES = {
     "greedy": SamplingParams(temperature=0.0),
@@ -118,7 +121,8 @@ def time_selection(engine: BatchEngine) -> list[float]:
 
 def measure(loaded: LoadedModel, variant: str, args: argparse.Namespace) -> list[Run]:
     levels = [int(v) for v in args.levels.split(",")]
-    engine = BatchEngine(loaded.model, loaded.tokenizer, max_batch_size=max(levels))
+    decoder = TransformersDecoder(loaded.model) if variant == "forward" else None
+    engine = BatchEngine(loaded.model, loaded.tokenizer, max_batch_size=max(levels), decoder=decoder)
     selecting = time_selection(engine)
     engine.start()
     prompt = torch.randint(0, len(loaded.tokenizer), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0))

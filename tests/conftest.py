@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tests.k8s_render import VARIANTS, render_all
 
@@ -27,6 +35,20 @@ def build_tiny_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenize
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=1024, vocab_size=50257)
     model = GPT2LMHeadModel(config).eval()
     return model, load_tokenizer()
+
+
+def build_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    """Llama's shape at toy size, with grouped-query attention (4 query heads share 2 key-value heads)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config).eval()
 
 
 def load_tokenizer() -> PreTrainedTokenizerBase:

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+from tests.conftest import build_tiny_llama
 from textgen.engine import BatchEngine, SamplingParams
 from textgen.engine.lora import BatchedLora, read_lora
 from textgen.engine.packed_linear import (
@@ -36,14 +36,6 @@ def packed_gpt2(tiny_model):
     return packed, tokenizer
 
 
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 def test_every_linear_layer_is_packed_and_keeps_its_name_shape_and_parameters(tiny_model, packed_gpt2):
     model, packed = tiny_model[0], packed_gpt2[0]
     before = {name: type(m) for name, m in model.named_modules() if isinstance(m, (Conv1D, torch.nn.Linear))}
@@ -58,7 +50,7 @@ def test_every_linear_layer_is_packed_and_keeps_its_name_shape_and_parameters(ti
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_packed_logits_equal_the_models_own_to_float_rounding(architecture, tiny_model):
-    model = tiny_model[0] if architecture == "gpt2" else tiny_llama()
+    model = tiny_model[0] if architecture == "gpt2" else build_tiny_llama()
     packed = copy.deepcopy(model)
     pack_linears(packed)
     # The MLP's first layer applies the activation (GELU, SiLU) in its product.

@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 from transformers.pytorch_utils import Conv1D
 
+from tests.conftest import build_tiny_llama
 from textgen.config import Settings
 from textgen.engine import BatchEngine, SamplingParams
 from textgen.engine.quantization import (
@@ -21,7 +22,6 @@ from textgen.engine.quantization import (
 )
 
 from .test_engine import job, run_jobs
-from .test_packed_linear import tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_every_linear_layer_is_int8_under_its_own_name(tiny_model, int8_gpt2):
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_int8_logits_stay_close_to_fp32(architecture, tiny_model):
-    model = tiny_model[0] if architecture == "gpt2" else tiny_llama()
+    model = tiny_model[0] if architecture == "gpt2" else build_tiny_llama()
     quantized = copy.deepcopy(model)
     quantize_int8(quantized)
     ids = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(2))

@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .constraints import ConstraintError
+from .decoders import Decoder, decoder_for
 from .grammar import GrammarMatcher
 from .kv_cache import SlotBatch
 from .logprobs import TokenLogprob, prompt_logprobs, token_logprobs
@@ -76,8 +77,10 @@ class BatchEngine:
         on_step: Callable[[int], None] | None = None,
         join_window_s: float = 0.0,
         before_forward: Callable[[Sequence[Job]], None] | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         self.model = model
+        self.decoder = decoder or decoder_for(model)  # decoding steps; prefills are the model's forward pass
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.join_window_s = join_window_s
@@ -262,15 +265,13 @@ class BatchEngine:
 
     def _decode(self) -> None:
         self._before_forward(self._active)
-        positions, mask, cache = self._batch.begin_step()
+        self._batch.begin_step()
         ids = torch.tensor([[job.output_ids[-1]] for job in self._active], device=self.device)
         with self.lora.rows([job.params.adapter for job in self._active], [1] * len(self._active)):
-            out = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-            )
+            logits = self.decoder(ids, self._batch)
         self._batch.end_step()
         self._on_step(len(self._active))
-        finished = set(self._advance(self._active, out.logits[:, -1]))
+        finished = set(self._advance(self._active, logits))
         if finished:
             order = self._batch.drop([row for row, job in enumerate(self._active) if job in finished])
             self._active = [self._active[row] for row in order]

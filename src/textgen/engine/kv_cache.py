@@ -30,7 +30,7 @@ class _SlotLayer(DynamicLayer):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        return self._batch._write(self._index, key_states, value_states)
+        return self._batch.write(self._index, key_states[:, :, 0], value_states[:, :, 0])
 
     def get_seq_length(self) -> int:
         return self._batch.width - 1  # the columns before this step's token, as the masks count them
@@ -49,6 +49,8 @@ class SlotBatch:
         self._keys: list[torch.Tensor] = []  # per layer: [slots, kv_heads, columns, head_dim]
         self._values: list[torch.Tensor] = []
         self._step_rows = self._step_lengths = torch.zeros(0, dtype=torch.long, device=device)
+        self.positions = torch.zeros(0, 1, dtype=torch.long, device=device)  # the step's: [rows, 1]
+        self.mask = torch.zeros(0, 0, dtype=torch.bool, device=device)  # the step's: [rows, width], each row's columns
         self._cache = Cache(layers=[])
 
     @property
@@ -94,27 +96,37 @@ class SlotBatch:
         self.lengths = self.lengths[:0]
 
     # --- a decoding step --------------------------------------------------------------------------------------------
-    def begin_step(self) -> tuple[torch.Tensor, torch.Tensor, Cache]:
-        """Position ids [rows, 1], attention mask [rows, width] and the cache for a step adding a token to each row."""
+    def begin_step(self) -> None:
+        """Make room for one more token in every row; `positions`, `mask` and `attention_mask()` describe the step."""
         self.width = int(self.lengths.max()) + 1
         self._reserve(self._keys, self.rows, self.width)
         self._step_rows = torch.arange(self.rows, device=self.device)
         self._step_lengths = self.lengths.to(self.device)
-        mask = torch.arange(self.width).unsqueeze(0) <= self.lengths.unsqueeze(1)
+        self.positions = self._step_lengths.unsqueeze(1)
+        self.mask = (torch.arange(self.width).unsqueeze(0) <= self.lengths.unsqueeze(1)).to(self.device)
+
+    def attention_mask(self) -> torch.Tensor | None:
+        """The step's mask as attention takes it, [rows, 1, 1, width]; None for one row, whose columns all count."""
+        return None if self.rows == 1 else self.mask[:, None, None, :]
+
+    @property
+    def cache(self) -> Cache:
+        """The step's cache as a transformers model takes it (`past_key_values`)."""
         if len(self._cache.layers) != len(self._keys):
             self._cache = Cache(layers=[_SlotLayer(self, i) for i in range(len(self._keys))])
-        return self._step_lengths.unsqueeze(1), mask.long().to(self.device), self._cache
+        return self._cache
 
     def end_step(self) -> None:
         """The step's forward pass went through: every row holds one more token."""
         self.lengths += 1
 
-    def _write(self, index: int, key_states: torch.Tensor, value_states: torch.Tensor):
-        """Store each row's new key and value at its own length; return the first `width` columns to attend over."""
-        keys, values = self._keys[index], self._values[index]
-        keys[self._step_rows, :, self._step_lengths] = key_states[:, :, 0]
-        values[self._step_rows, :, self._step_lengths] = value_states[:, :, 0]
-        return keys[: self.rows, :, : self.width], values[: self.rows, :, : self.width]
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store each row's new key and value ([rows, kv_heads, head_dim]) at its own length in `layer`; return that
+        layer's keys and values over the step's first `width` columns, [rows, kv_heads, width, head_dim]."""
+        all_keys, all_values = self._keys[layer], self._values[layer]
+        all_keys[self._step_rows, :, self._step_lengths] = keys
+        all_values[self._step_rows, :, self._step_lengths] = values
+        return all_keys[: self.rows, :, : self.width], all_values[: self.rows, :, : self.width]
 
     # --- storage ------------------------------------------------------------------------------------------------------
     def _reserve(self, likes: list[torch.Tensor], slots: int, columns: int) -> None:
