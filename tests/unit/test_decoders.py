@@ -13,7 +13,9 @@ from tests.conftest import build_tiny_llama
 from textgen.engine import BatchEngine, GenerationParams, Job, SamplingParams
 from textgen.engine.decoders import Gpt2Decoder, LlamaDecoder, TransformersDecoder, decoder_for
 from textgen.engine.kv_cache import SlotBatch
+from textgen.engine.lora import BatchedLora, read_lora
 from textgen.engine.packed_linear import can_pack, pack_linears, pad_small_products
+from textgen_bench.common.lora import make_lora_adapter
 
 from .test_engine import run_jobs
 
@@ -80,6 +82,25 @@ def test_written_out_steps_give_the_forward_passes_logits(architecture, tiny_mod
         torch.testing.assert_close(logits, step(forward, theirs, tokens), atol=1e-5, rtol=0)
         tokens = logits.argmax(dim=-1).tolist()
     assert ours.lengths.tolist() == theirs.lengths.tolist()
+
+
+def test_lora_deltas_reach_the_rows_of_a_padded_step(tiny_model, tmp_path):
+    model = model_of("gpt2", tiny_model, packed=True)  # products of 1 and 2 rows padded to 3
+    targets = ("c_attn", "c_fc", "c_proj")
+    folder = make_lora_adapter(tiny_model[0], tmp_path / "all", 4, target_modules=targets, base_name="tiny-gpt2")
+    lora = BatchedLora(model)
+    weights = read_lora(folder, "all", model)
+    lora.add(weights)
+    prompts = PROMPTS[:2]
+    ours, theirs = prefill(model, prompts), prefill(model, prompts)
+    tokens = [p[-1] for p in prompts]
+    with lora.rows([weights, None], [1, 1]):  # the adapter on the first row only
+        logits = step(decoder_for(model), ours, tokens)
+        torch.testing.assert_close(logits, step(TransformersDecoder(model), theirs, tokens), atol=1e-5, rtol=0)
+    ours.lengths -= 1  # the same step again without the adapter: the first row's logits change, the second's not
+    unadapted = step(decoder_for(model), ours, tokens)
+    assert not torch.allclose(unadapted[0], logits[0], atol=1e-3)
+    torch.testing.assert_close(unadapted[1], logits[1], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("decoder", [decoder_for, TransformersDecoder], ids=["written-out", "forward"])
