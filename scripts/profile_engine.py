@@ -9,6 +9,7 @@ finished job is replaced at once, until `rounds x C` jobs are done. Variants loa
     python scripts/profile_engine.py --variants unpadded,packed --levels 1,2,5  # products of a few rows padded
     python scripts/profile_engine.py --variants unfused,packed                 # the MLP's activation in its product
     python scripts/profile_engine.py --variants forward,packed --levels 1,5     # written-out decoding steps
+    python scripts/profile_engine.py --variants unscreened,packed --modes greedy # greedy tokens from a bf16 screen
     python scripts/profile_engine.py --prompt-tokens 512 --max-new-tokens 256 --levels 8
     python scripts/profile_engine.py --levels 32 --rounds 2      # and the time spent selecting tokens, per mode
 
@@ -39,6 +40,7 @@ VARIANTS: dict[str, dict[str, bool]] = {  # load_model's options: everything on,
     "unfused": {"fuse_activations": False},
     "unpacked": {"pack": False},
     "forward": {},  # decoding steps through the model's own forward pass, not the written-out decoder
+    "unscreened": {"screen_greedy": False},  # greedy tokens from the LM head's full float32 product
 }
 MODES = {
     "greedy": SamplingParams(temperature=0.0),
@@ -122,7 +124,9 @@ def time_selection(engine: BatchEngine) -> list[float]:
 def measure(loaded: LoadedModel, variant: str, args: argparse.Namespace) -> list[Run]:
     levels = [int(v) for v in args.levels.split(",")]
     decoder = TransformersDecoder(loaded.model) if variant == "forward" else None
-    engine = BatchEngine(loaded.model, loaded.tokenizer, max_batch_size=max(levels), decoder=decoder)
+    engine = BatchEngine(
+        loaded.model, loaded.tokenizer, max_batch_size=max(levels), decoder=decoder, greedy_screen=loaded.greedy_screen
+    )
     selecting = time_selection(engine)
     engine.start()
     prompt = torch.randint(0, len(loaded.tokenizer), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0))

@@ -1,5 +1,6 @@
-"""At DistilGPT-2's real size, the engine's fast path (packed oneDNN linears, slot KV cache) keeps transformers' greedy
-tokens: the tiny test model's products are too small to take the kernels the served model takes."""
+"""At DistilGPT-2's real size, the engine's fast path (packed oneDNN linears, slot KV cache, written-out decoder,
+greedy screen) keeps transformers' greedy tokens: the tiny test model's products are too small to take the kernels
+the served model takes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from tests.conftest import TOKENIZER_DIR, load_tokenizer
 from textgen.engine import BatchEngine, SamplingParams
+from textgen.engine.greedy_screen import GreedyScreen
 from textgen.engine.packed_linear import can_pack, pack_linears, pad_small_products
 
 from .test_engine import job, run_jobs
@@ -34,9 +36,14 @@ def full_size():
     return model, load_tokenizer()
 
 
-@pytest.mark.parametrize("min_rows", [1, 6], ids=["unpadded", "padded-to-6-rows"])
-def test_packed_engine_batch_gives_transformers_fp32_greedy_tokens_at_full_size(full_size, min_rows):
-    """Batches of 4 and 1 (the last prompt alone), with products of a few rows run as they are or padded."""
+@pytest.mark.parametrize(
+    ("min_rows", "screened"),
+    [(1, False), (6, False), (6, True)],
+    ids=["unpadded", "padded-to-6-rows", "padded-and-screened"],
+)
+def test_packed_engine_batch_gives_transformers_fp32_greedy_tokens_at_full_size(full_size, min_rows, screened):
+    """Batches of 4 and 1 (the last prompt alone), with products of a few rows run as they are or padded, and
+    tokens picked from the LM head's full product or through the bfloat16 screen."""
     model, tokenizer = full_size
     expected = []
     with torch.inference_mode():
@@ -50,7 +57,8 @@ def test_packed_engine_batch_gives_transformers_fp32_greedy_tokens_at_full_size(
     fast = copy.deepcopy(model)
     assert can_pack(fast) and pack_linears(fast) == 6 * 4 + 1
     pad_small_products(fast, min_rows)
-    engine = BatchEngine(fast, tokenizer, max_batch_size=len(PROMPTS))
+    screen = GreedyScreen(fast.lm_head) if screened else None
+    engine = BatchEngine(fast, tokenizer, max_batch_size=len(PROMPTS), greedy_screen=screen)
     engine.start()
     try:
         greedy = SamplingParams(temperature=0.0)

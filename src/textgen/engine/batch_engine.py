@@ -24,8 +24,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .constraints import ConstraintError
-from .decoders import Decoder, decoder_for
+from .decoders import Decoder, WrittenOutDecoder, decoder_for
 from .grammar import GrammarMatcher
+from .greedy_screen import GreedyScreen
 from .kv_cache import SlotBatch
 from .logprobs import TokenLogprob, prompt_logprobs, token_logprobs
 from .lora import BatchedLora
@@ -61,6 +62,11 @@ class Job:
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
+    def takes_argmax(self) -> bool:
+        """Its next token is the argmax of the raw logits (greedy; no penalty, grammar or logprobs)."""
+        return self.params.sampling.greedy and self.seen is None and self.matcher is None and self.logprobs is None
+
+    @property
     def scores_prompt(self) -> bool:
         """Its prefill must keep the logits of every prompt position (only before its first token)."""
         return self.params.prompt_logprobs is not None and not self.output_ids and self.prompt_logprobs is None
@@ -78,9 +84,11 @@ class BatchEngine:
         join_window_s: float = 0.0,
         before_forward: Callable[[Sequence[Job]], None] | None = None,
         decoder: Decoder | None = None,
+        greedy_screen: GreedyScreen | None = None,
     ) -> None:
         self.model = model
         self.decoder = decoder or decoder_for(model)  # decoding steps; prefills are the model's forward pass
+        self.greedy_screen = greedy_screen  # greedy rows' tokens without the LM head's full product
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.join_window_s = join_window_s
@@ -267,26 +275,46 @@ class BatchEngine:
         self._before_forward(self._active)
         self._batch.begin_step()
         ids = torch.tensor([[job.output_ids[-1]] for job in self._active], device=self.device)
+        screen = self._screen_for(self._active)
         with self.lora.rows([job.params.adapter for job in self._active], [1] * len(self._active)):
-            logits = self.decoder(ids, self._batch)
+            if screen is not None:
+                hidden = screen.decoder.hidden(ids, self._batch)
+            else:
+                logits = self.decoder(ids, self._batch)
         self._batch.end_step()
         self._on_step(len(self._active))
-        finished = set(self._advance(self._active, logits))
+        if screen is not None:
+            finished = set(self._accept(self._active, screen.screen(hidden[:, -1]).tolist(), {}))
+        else:
+            finished = set(self._advance(self._active, logits))
         if finished:
             order = self._batch.drop([row for row, job in enumerate(self._active) if job in finished])
             self._active = [self._active[row] for row in order]
 
-    def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[Job]:
-        """Pick each job's next token and finish the jobs that are done (or fail). Returns the finished jobs.
+    def _screen_for(self, jobs: list[Job]) -> _Screening | None:
+        """How the step picks every row's token with the greedy screen, if all rows want only the logits' argmax."""
+        screen, decoder = self.greedy_screen, self.decoder
+        if screen is None or not isinstance(decoder, WrittenOutDecoder) or not screen.usable:
+            return None
+        return _Screening(decoder, screen) if all(job.takes_argmax for job in jobs) else None
 
-        Never raises: a job whose token selection or bookkeeping fails is finished with that error alone.
-        """
-        finished: list[Job] = []
+    def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[Job]:
+        """Pick each job's next token from its logits and finish the jobs that are done (or fail)."""
         logits = logits.float().cpu()
         # Logprobs come from the raw logits: taken before _select masks them in place for grammars.
         scored = [row for row, job in enumerate(jobs) if job.logprobs is not None]
         raw_logprobs = dict(zip(scored, logits[scored].log_softmax(dim=-1), strict=True)) if scored else {}
-        for row, (job, token) in enumerate(zip(jobs, self._select(jobs, logits), strict=True)):
+        return self._accept(jobs, self._select(jobs, logits), raw_logprobs)
+
+    def _accept(
+        self, jobs: list[Job], picked: list[int | Exception], raw_logprobs: dict[int, torch.Tensor]
+    ) -> list[Job]:
+        """Give each job its picked token and finish the jobs that are done (or fail). Returns the finished jobs.
+
+        Never raises: a job whose token selection or bookkeeping fails is finished with that error alone.
+        """
+        finished: list[Job] = []
+        for row, (job, token) in enumerate(zip(jobs, picked, strict=True)):
             try:
                 if isinstance(token, Exception):
                     raise token
@@ -374,6 +402,12 @@ class BatchEngine:
     def _fail(self, jobs: list[Job], exc: BaseException) -> None:
         for job in jobs:
             self._finish(job, exc)
+
+
+@dataclass(frozen=True)
+class _Screening:
+    decoder: WrittenOutDecoder  # gives the hidden states
+    screen: GreedyScreen  # turns them into tokens
 
 
 def _run_command(command: Callable[[], object], done: Future[object]) -> None:

@@ -81,7 +81,22 @@ def attend(
     return pad(out.transpose(1, 2).reshape(query.shape[0], 1, -1), rows)
 
 
-class Gpt2Decoder:
+class WrittenOutDecoder:
+    """A step written out: `hidden` gives the last hidden state, which the LM head turns into logits."""
+
+    name: str
+    model: PreTrainedModel
+
+    def __call__(self, ids: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
+        return self.model.lm_head(self.hidden(ids, batch))[:, -1]
+
+    def hidden(self, ids: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
+        """Each row's hidden state after the final norm, [rows, 1, hidden_size]: what the LM head multiplies (as
+        one position a row, which is what LoRA hooks on the LM head expect)."""
+        raise NotImplementedError
+
+
+class Gpt2Decoder(WrittenOutDecoder):
     """GPT-2 (and DistilGPT-2): transformers' GPT2Model, GPT2Block and GPT2Attention, for one new token a row."""
 
     name = "GPT-2 decoder"
@@ -91,7 +106,7 @@ class Gpt2Decoder:
         self.transformer = model.transformer
         self.heads = model.config.n_head
 
-    def __call__(self, ids: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
         transformer = self.transformer
         rows, padded = ids.shape[0], padded_rows(self.model, ids.shape[0])
         hidden = pad(transformer.wte(ids) + transformer.wpe(batch.positions), padded)
@@ -102,10 +117,10 @@ class Gpt2Decoder:
             mixed = attend(batch, index, query, qkv[:, 1], qkv[:, 2], attention.scaling, padded)
             hidden = hidden + attention.c_proj(mixed)
             hidden = hidden + block.mlp(block.ln_2(hidden))
-        return self.model.lm_head(transformer.ln_f(hidden))[:rows, -1]
+        return transformer.ln_f(hidden[:rows])
 
 
-class LlamaDecoder:
+class LlamaDecoder(WrittenOutDecoder):
     """Llama (SmolLM2, TinyLlama, ...): transformers' LlamaModel, LlamaDecoderLayer and LlamaAttention."""
 
     name = "Llama decoder"
@@ -114,7 +129,7 @@ class LlamaDecoder:
         self.model = model
         self.inner = model.model
 
-    def __call__(self, ids: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, batch: SlotBatch) -> torch.Tensor:
         inner = self.inner
         rows, padded = ids.shape[0], padded_rows(self.model, ids.shape[0])
         embedded = inner.embed_tokens(ids)
@@ -131,7 +146,7 @@ class LlamaDecoder:
             mixed = attend(batch, index, query, key[:, :, 0], value, attention.scaling, padded)
             hidden = hidden + attention.o_proj(mixed)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.model.lm_head(inner.norm(hidden))[:rows, -1]
+        return inner.norm(hidden[:rows])
 
 
 def decoder_for(model: PreTrainedModel) -> Decoder:

@@ -101,6 +101,7 @@ class AsyncEngine:
             metrics.batch_size.observe,
             join_window_s=batch_wait_s,
             before_forward=FaultInjector.for_marker(fault_marker, loaded.tokenizer) if fault_marker else None,
+            greedy_screen=loaded.greedy_screen,
         )
         self.adapters = AdapterRegistry(self.engine, loaded.info, max_loras)
         if fault_marker:
