@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from textgen.engine import BatchEngine, GenerationParams, Job, SamplingParams
-from textgen.engine.greedy_screen import GreedyScreen
+from textgen.engine.greedy_screen import MAX_CANDIDATES, GreedyScreen
 from textgen.engine.lora import BatchedLora, read_lora
 from textgen.engine.packed_linear import PackedLinear, can_pack, pack_linears
 from textgen_bench.common.lora import make_lora_adapter
@@ -31,9 +31,10 @@ def _inference():
         yield
 
 
-def layer(bias: bool = False, seed: int = 0) -> PackedLinear:
+def layer(bias: bool = False, seed: int = 0, weight: torch.Tensor | None = None) -> PackedLinear:
+    """An LM head of random weights, or of `weight`: packed, so the weight is read once, here."""
     generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(VOCAB, WIDTH, generator=generator) * 0.02
+    weight = torch.randn(VOCAB, WIDTH, generator=generator) * 0.02 if weight is None else weight
     return PackedLinear(weight, torch.randn(VOCAB, generator=generator) if bias else None)
 
 
@@ -56,14 +57,13 @@ def test_the_screen_picks_the_exact_argmax(bias):
 
 @pytest.mark.parametrize("sign", [1, -1], ids=["the later token wins", "the earlier token wins"])
 def test_a_near_tie_bfloat16_cannot_see_is_decided_in_float32(sign):
-    head, x = layer(), hidden_states(1)
-    screen = GreedyScreen(head)
-    winner = int(exact_argmax(head, x))
+    weight, x = layer().weight.clone(), hidden_states(1)
+    winner = int((x @ weight.t()).argmax())
     twin = (winner + 1) % VOCAB
     # The twin's row: the winner's, nudged along x by far less than bfloat16 resolves (1e-6 of the row's norm).
-    nudge = sign * 1e-6 * head.weight[winner].norm() * x[0] / x[0].norm()
-    head.weight[twin] = head.weight[winner] + nudge
-    logits = x[0].double() @ head.weight[[winner, twin]].double().t()
+    weight[twin] = weight[winner] + sign * 1e-6 * weight[winner].norm() * x[0] / x[0].norm()
+    head = layer(weight=weight)
+    logits = x[0].double() @ weight[[winner, twin]].double().t()
     assert 0 < abs(logits[1] - logits[0]) < 2**-9 * abs(logits[0])  # closer than bfloat16 resolves
     screen = GreedyScreen(head)
     expected = max(winner, twin) if (sign > 0) == (twin > winner) else min(winner, twin)
@@ -146,3 +146,17 @@ def test_a_lora_adapter_on_the_lm_head_turns_the_screen_off_until_it_is_removed(
     assert not screen.usable
     lora.remove("head")
     assert screen.usable
+
+
+def test_a_screen_too_loose_to_save_anything_takes_the_float32_product():
+    weight = layer().weight[:1].repeat(VOCAB, 1)  # every token the same row...
+    weight[:, 0] += torch.arange(VOCAB) * 1e-7  # ...but for float32 noise: every token a candidate
+    head = layer(weight=weight)
+    screen = GreedyScreen(head)
+    x = hidden_states(2)
+    rows, _ = screen.candidates(x)
+    assert len(rows) > MAX_CANDIDATES * 2
+    products: list[int] = []
+    head.register_forward_hook(lambda _module, inputs, _output: products.append(len(inputs[0])))
+    assert torch.equal(screen(x), exact_argmax(head, x))
+    assert products == [2]  # one float32 product of both rows
