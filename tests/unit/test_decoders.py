@@ -18,6 +18,7 @@ from textgen.engine.packed_linear import can_pack, pack_linears, pad_small_produ
 from textgen_bench.common.lora import make_lora_adapter
 
 from .test_engine import run_jobs
+from .test_kv_cache_rows import join
 
 # Four prompts of four lengths, token ids under the tiny Llama's vocabulary of 1000.
 PROMPTS = [[464, 68, 586, 831, 45, 625], [496, 11], [40, 842, 257, 797, 290, 340, 13, 6, 7], [32]]
@@ -46,15 +47,8 @@ def model_of(architecture: str, tiny_model, packed: bool) -> torch.nn.Module:
 
 def prefill(model, prompts: list[list[int]]) -> SlotBatch:
     """The prompts prefilled together, left-padded as the engine does, in a new batch."""
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :], mask[row, width - len(prompt) :] = torch.tensor(prompt), 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     batch = SlotBatch(torch.device("cpu"), max_rows=8)
-    batch.add(out.past_key_values, mask, list(range(len(prompts))))
+    join(model, batch, prompts)
     return batch
 
 
