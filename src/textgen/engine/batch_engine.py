@@ -89,6 +89,8 @@ class BatchEngine:
         self.model = model
         self.decoder = decoder or decoder_for(model)  # decoding steps; prefills are the model's forward pass
         self.greedy_screen = greedy_screen  # greedy rows' tokens without the LM head's full product
+        screened = greedy_screen is not None and isinstance(self.decoder, WrittenOutDecoder)
+        logger.info("decoding steps: %s%s", self.decoder.name, " with the greedy screen" if screened else "")
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.join_window_s = join_window_s

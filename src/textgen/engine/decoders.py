@@ -138,9 +138,9 @@ class LlamaDecoder(WrittenOutDecoder):
         for index, layer in enumerate(inner.layers):
             attention = layer.self_attn
             x = layer.input_layernorm(hidden)
-            heads = (rows, 1, -1, attention.head_dim)
-            query = attention.q_proj(x)[:rows].view(heads).transpose(1, 2)
-            key = attention.k_proj(x)[:rows].view(heads).transpose(1, 2)
+            by_head = (rows, 1, -1, attention.head_dim)
+            query = attention.q_proj(x)[:rows].view(by_head).transpose(1, 2)
+            key = attention.k_proj(x)[:rows].view(by_head).transpose(1, 2)
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             value = attention.v_proj(x)[:rows].view(rows, -1, attention.head_dim)
             mixed = attend(batch, index, query, key[:, :, 0], value, attention.scaling, padded)
