@@ -8,7 +8,7 @@ finished job is replaced at once, until `rounds x C` jobs are done. Variants loa
     python scripts/profile_engine.py --variants packed,unpacked --levels 5
     python scripts/profile_engine.py --variants unpadded,packed --levels 1,2,5  # products of a few rows padded
     python scripts/profile_engine.py --variants unfused,packed                 # the MLP's activation in its product
-    python scripts/profile_engine.py --variants forward,packed --levels 1,5     # written-out decoding steps
+    python scripts/profile_engine.py --variants forward,unscreened --levels 1,5  # written-out decoding steps
     python scripts/profile_engine.py --variants unscreened,packed --modes greedy # greedy tokens from a bf16 screen
     python scripts/profile_engine.py --prompt-tokens 512 --max-new-tokens 256 --levels 8
     python scripts/profile_engine.py --levels 32 --rounds 2      # and the time spent selecting tokens, per mode
@@ -39,7 +39,9 @@ VARIANTS: dict[str, dict[str, bool]] = {  # load_model's options: everything on,
     "unpadded": {"pad_rows": False},
     "unfused": {"fuse_activations": False},
     "unpacked": {"pack": False},
-    "forward": {},  # decoding steps through the model's own forward pass, not the written-out decoder
+    # Decoding steps through the model's own forward pass, not the written-out decoder (and so, for greedy rows,
+    # without the greedy screen too: it needs the written-out step's hidden states). Compare it with `unscreened`.
+    "forward": {},
     "unscreened": {"screen_greedy": False},  # greedy tokens from the LM head's full float32 product
 }
 MODES = {
