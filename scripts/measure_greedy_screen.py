@@ -10,16 +10,17 @@ The hidden states are the model's own over a fixed English text (the perplexity 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import bentoml
 import torch
 
 from textgen.engine.greedy_screen import GreedyScreen
+from textgen.engine.timing import time_in_turns
 from textgen.serving.model_store import load_model
 
 TEXT = Path(__file__).parent / "textgen_bench/data/perplexity.txt"
@@ -40,15 +41,15 @@ def main() -> int:
         agree = torch.equal(screen(hidden), head(hidden).argmax(dim=-1))
         rows, _ = screen.candidates(hidden.float())
         counts = torch.bincount(rows, minlength=len(hidden)).float()
-        ways = {"float32": lambda x: head(x).argmax(dim=-1), "screen": screen}
-        times: dict[str, list[float]] = {name: [] for name in ways}
-        for round_ in range(args.rounds + 1):  # round 0 warms up
-            row = hidden[round_ % len(hidden)].unsqueeze(0)
-            for name, argmax in ways.items():
-                started = time.perf_counter()
-                argmax(row)
-                if round_:
-                    times[name].append(time.perf_counter() - started)
+    # One row at a time, a new position each round, the same position for both ways within a round.
+    walks = {name: itertools.cycle(hidden.split(1)) for name in ("float32", "screen")}
+    times = time_in_turns(
+        {
+            "float32": lambda: head(next(walks["float32"])).argmax(dim=-1),
+            "screen": lambda: screen(next(walks["screen"])),
+        },
+        args.rounds,
+    )
     print(f"{args.model_tag}: {len(hidden)} positions of {TEXT.name}")
     print(f"  screen picks the float32 argmax at every position: {agree}")
     print(

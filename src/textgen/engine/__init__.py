@@ -8,6 +8,8 @@ keeps it that way.
 - `batch_engine`: BatchEngine, the thread that owns the model, and Job, one request's run in it
 - `kv_cache`: row operations on the batch's KV cache, so rows can join and leave between steps
 - `decoders`: one decoding step of every row (GPT-2 and Llama written out, any other model's own forward pass)
+- `packed_linear`, `greedy_screen`: oneDNN linear layers and the exact bfloat16 screen of greedy tokens; `timing`
+  times their alternatives at load
 - `sampling`: per-row token selection; `stopping`: when a generation is done (EOS, stop strings, length)
 - `detokenizer`: token ids to text pieces for streaming
 - `constraints`: OutputConstraint (a request's output shape: JSON schema or object, regex, choice), ConstraintError

@@ -88,9 +88,13 @@ class BatchEngine:
     ) -> None:
         self.model = model
         self.decoder = decoder or decoder_for(model)  # decoding steps; prefills are the model's forward pass
-        self.greedy_screen = greedy_screen  # greedy rows' tokens without the LM head's full product
-        screened = greedy_screen is not None and isinstance(self.decoder, WrittenOutDecoder)
-        logger.info("decoding steps: %s%s", self.decoder.name, " with the greedy screen" if screened else "")
+        # Greedy rows' tokens without the LM head's full product: it screens a written-out step's hidden states.
+        self._screening = (
+            _Screening(self.decoder, greedy_screen)
+            if greedy_screen is not None and isinstance(self.decoder, WrittenOutDecoder)
+            else None
+        )
+        logger.info("decoding steps: %s%s", self.decoder.name, " with the greedy screen" if self._screening else "")
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.join_window_s = join_window_s
@@ -295,10 +299,10 @@ class BatchEngine:
 
     def _screen_for(self, jobs: list[Job]) -> _Screening | None:
         """How the step picks every row's token with the greedy screen, if all rows want only the logits' argmax."""
-        screen, decoder = self.greedy_screen, self.decoder
-        if screen is None or not isinstance(decoder, WrittenOutDecoder) or not screen.usable:
+        screening = self._screening
+        if screening is None or not screening.screen.usable or not all(job.takes_argmax for job in jobs):
             return None
-        return _Screening(decoder, screen) if all(job.takes_argmax for job in jobs) else None
+        return screening
 
     def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[Job]:
         """Pick each job's next token from its logits and finish the jobs that are done (or fail)."""

@@ -20,11 +20,10 @@ keeps it if it is at least 10 % faster (on CPUs without bfloat16 instructions it
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from .packed_linear import PackedLinear
+from .timing import time_in_turns
 
 OUTPUT_ROUNDING = 2.0**-8  # bfloat16's relative rounding of the product's output (8 bits of mantissa), rounded up
 SAFETY = 1.01  # the bound's own float32 arithmetic
@@ -52,14 +51,7 @@ class GreedyScreen:
             return None, {}
         screen = cls(lm_head)
         x = torch.randn(1, lm_head.in_features)
-        taken: dict[str, list[float]] = {"float32": [], "screen": []}
-        with torch.inference_mode():
-            for round_ in range(rounds + 1):  # round 0 warms up and does not count
-                for name, run in (("float32", lambda: lm_head(x).argmax(dim=-1)), ("screen", lambda: screen(x))):
-                    started = time.perf_counter()
-                    run()
-                    if round_:
-                        taken[name].append(time.perf_counter() - started)
+        taken = time_in_turns({"float32": lambda: lm_head(x).argmax(dim=-1), "screen": lambda: screen(x)}, rounds)
         best = {name: min(times) for name, times in taken.items()}
         return (screen if best["screen"] < 0.9 * best["float32"] else None), best
 

@@ -21,11 +21,13 @@ A layer with a forward hook (a LoRA adapter adds its delta before the activation
 
 from __future__ import annotations
 
-import time
+import functools
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from .timing import time_in_turns
 
 
 class PackedLinear(nn.Module):
@@ -143,14 +145,7 @@ def fastest_row_count(layer: PackedLinear, most: int = 8, rounds: int = 5) -> tu
     """The row count from 1 to `most` for which `layer`'s product takes least time (seconds: the best of `rounds`,
     taken in turns so that a machine's drift touches every count alike); 1 unless another is 5 % faster."""
     inputs = {rows: torch.zeros(rows, layer.in_features) for rows in range(1, most + 1)}
-    taken: dict[int, list[float]] = {rows: [] for rows in inputs}
-    with torch.inference_mode():
-        for round_ in range(rounds + 1):  # round 0 warms up and does not count
-            for rows, x in inputs.items():
-                started = time.perf_counter()
-                layer._product(x)
-                if round_:
-                    taken[rows].append(time.perf_counter() - started)
+    taken = time_in_turns({rows: functools.partial(layer._product, x) for rows, x in inputs.items()}, rounds)
     best = {rows: min(times) for rows, times in taken.items()}
     fastest = min(best, key=best.__getitem__)
     return (fastest if best[fastest] < 0.95 * best[1] else 1), best
